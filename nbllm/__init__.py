@@ -1,0 +1,23 @@
+"""nbllm: an LLM inference engine that lives in your Jupyter kernel.
+
+    from nbllm import LLM, SamplingParams
+    llm = LLM()  # the embedded SmolLM2-135M-Instruct
+    llm.generate("Once upon a time", SamplingParams(max_tokens=32))
+"""
+
+from nbllm.config import EngineConfig
+from nbllm.llm import LLM
+from nbllm.outputs import (BeamSearchOutput, BeamSearchSequence, CompletionOutput, Logprob, RequestMetrics,
+                           RequestOutput)
+from nbllm.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams
+
+__version__ = "0.1.0"
+
+__all__ = ["LLM", "EngineConfig", "SamplingParams", "BeamSearchParams", "RequestOutputKind", "RequestOutput",
+           "CompletionOutput", "Logprob", "RequestMetrics", "BeamSearchOutput", "BeamSearchSequence"]
+
+
+def load_ipython_extension(ipython):  # pragma: no cover - exercised through IPython
+    from nbllm.notebook.magics import load_ipython_extension as load
+
+    load(ipython)

@@ -1,0 +1,159 @@
+"""The engine's background step loop: many callers, one continuous batch.
+
+Any thread may submit or abort; one daemon thread steps the engine while work
+exists and sleeps otherwise. Each request gets a RequestStream, a queue its
+caller reads outputs from. The caller's thread only waits on that queue, so a
+KeyboardInterrupt (a notebook's interrupt) lands in the caller, which aborts its
+requests: the loop frees their blocks and keeps serving. An exception inside a
+step fails the requests of that step with the error and leaves the engine usable.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Iterator, Optional, Sequence
+
+from nbllm.engine.llm_engine import LLMEngine
+from nbllm.outputs import RequestOutput
+from nbllm.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+
+class EngineDeadError(RuntimeError):
+    pass
+
+
+class RequestStream:
+    """Outputs of one request as they are produced; iterate, or wait for the last."""
+
+    def __init__(self, request_id: str, sink: Optional[queue.Queue] = None, sink_key: object = None):
+        self.request_id = request_id
+        self._queue: "queue.Queue[RequestOutput | BaseException]" = queue.Queue()
+        self._sink = sink  # when given, items go there as (sink_key, item) instead
+        self._sink_key = sink_key
+        self.finished = False
+        self.last: Optional[RequestOutput] = None
+
+    def put(self, item: "RequestOutput | BaseException") -> None:
+        if self._sink is not None:
+            self._sink.put((self._sink_key, item))
+        else:
+            self._queue.put(item)
+
+    def get(self, timeout: Optional[float] = None) -> RequestOutput:
+        """The next output; raises the engine's error if the request failed."""
+        item = self._queue.get(timeout=timeout)
+        if isinstance(item, BaseException):
+            self.finished = True
+            raise item
+        self.last = item
+        self.finished = item.finished
+        return item
+
+    def __iter__(self) -> Iterator[RequestOutput]:
+        while not self.finished:
+            yield self.get()
+
+    def result(self) -> RequestOutput:
+        for _ in self:
+            pass
+        assert self.last is not None
+        return self.last
+
+
+class EngineLoop:
+    def __init__(self, engine: LLMEngine):
+        self.engine = engine
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._streams: dict[str, RequestStream] = {}
+        self._stopped = False
+        self._counter = 0
+        self._thread = threading.Thread(target=self._run, name="nbllm-engine", daemon=True)
+        self._thread.start()
+
+    # ----------------------------------------------------------------- callers
+    def submit(self, prompt: Optional[str], prompt_token_ids: Sequence[int], params: SamplingParams,
+               request_id: Optional[str] = None, sink: Optional[queue.Queue] = None,
+               sink_key: object = None) -> RequestStream:
+        """Queue a request; bad input raises here, in the caller's thread.
+
+        With a sink, outputs of this request are put there as (sink_key, item), so
+        one caller can wait on many requests at once.
+        """
+        with self._work:
+            if self._stopped:
+                raise EngineDeadError("the engine has been shut down")
+            if request_id is None:
+                self._counter += 1
+                request_id = str(self._counter)
+            self.engine.add_request(request_id, prompt, prompt_token_ids, params)
+            stream = RequestStream(request_id, sink, sink_key)
+            self._streams[request_id] = stream
+            self._work.notify()
+        return stream
+
+    def abort(self, request_ids: str | Sequence[str]) -> None:
+        if isinstance(request_ids, str):
+            request_ids = [request_ids]
+        with self._lock:
+            outputs = self.engine.abort_request(list(request_ids))
+            streams = [self._streams.pop(o.request_id, None) for o in outputs]
+        for stream, output in zip(streams, outputs):
+            if stream is not None:
+                stream.put(output)
+
+    def call(self, fn, *args, **kwargs):
+        """Run fn(engine, ...) between steps, under the engine's lock."""
+        with self._lock:
+            return fn(self.engine, *args, **kwargs)
+
+    def shutdown(self) -> None:
+        with self._work:
+            self._stopped = True
+            self._work.notify()
+        self._thread.join(timeout=30)
+        with self._lock:
+            request_ids = list(self._streams)
+        self.abort(request_ids)
+        self.engine.shutdown()
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread.is_alive() and not self._stopped
+
+    # ----------------------------------------------------------------- the loop
+    def _run(self) -> None:
+        while True:
+            with self._work:
+                while not self._stopped and not self.engine.has_unfinished_requests():
+                    self._work.wait()
+                if self._stopped:
+                    return
+                try:
+                    outputs = self.engine.step()
+                    failed: list[tuple[RequestStream, BaseException]] = []
+                except Exception as exc:  # a bug or resource error: fail this work, keep serving
+                    logger.exception("engine step failed")
+                    outputs = []
+                    failed = self._fail_all(exc)
+                deliveries = []
+                for output in outputs:
+                    stream = self._streams.get(output.request_id)
+                    if stream is not None:
+                        deliveries.append((stream, output))
+                        if output.finished:
+                            del self._streams[output.request_id]
+            for stream, output in deliveries:
+                stream.put(output)
+            for stream, exc in failed:
+                stream.put(exc)
+
+    def _fail_all(self, exc: Exception) -> list[tuple[RequestStream, BaseException]]:
+        request_ids = list(self._streams)
+        self.engine.abort_request(request_ids)
+        failed = [(self._streams.pop(rid), RuntimeError(f"the engine step failed: {exc!r}")) for rid in request_ids]
+        return failed

@@ -1,0 +1,220 @@
+"""Everything that touches tensors: weights, the KV pool, a step's inputs, forward and sampling.
+
+The runner turns a SchedulerOutput into packed input tensors (decoding sequences
+first, then prefill chunks), performs copy-on-write block copies, runs the model,
+and samples one token for every request whose chunk reached its last token. It
+also computes prompt logprobs for requests that ask for them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from nbllm.config import DEFAULT_CPU_KV_CACHE_BYTES, EngineConfig
+from nbllm.engine.block_manager import NULL_BLOCK_ID
+from nbllm.engine.scheduler import ScheduledRequest, SchedulerOutput
+from nbllm.engine.sequence import Request
+from nbllm.layers.attention import Attention, AttentionMetadata, get_attention_backend
+from nbllm.layers.sampler import Sampler, SamplingRow
+from nbllm.loader import iter_weights
+from nbllm.models.registry import model_class_for
+from nbllm.outputs import Logprob
+
+
+@dataclass
+class StepResult:
+    """What one request got out of a step."""
+
+    token_id: Optional[int] = None  # None: a prefill chunk that did not reach the end
+    logprob: float = 0.0
+    top_logprobs: Optional[tuple[list[int], list[float], int]] = None
+    prompt_logprobs: Optional[list[Optional[dict[int, Logprob]]]] = None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available")
+    return device
+
+
+def build_model(hf_config: Any, model_path, dtype: torch.dtype, device: torch.device) -> nn.Module:
+    """Instantiate our model class without initialising weights, then load the checkpoint."""
+    model_cls = model_class_for(hf_config)
+    with torch.device("meta"):
+        model = model_cls(hf_config)
+    model = model.to(dtype).to_empty(device=device)
+    for module in model.modules():  # buffers (rotary tables) were not materialised on meta
+        if hasattr(module, "init_buffers"):
+            module.init_buffers(device)
+    model.load_weights(iter_weights(model_path))
+    return model.eval()
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig, hf_config: Any, model_path, device: torch.device,
+                 dtype: torch.dtype, max_model_len: int):
+        self.config = config
+        self.device = device
+        self.dtype = dtype
+        self.model = build_model(hf_config, model_path, dtype, device)
+        self.vocab_size = hf_config.vocab_size
+        self.attention_backend = get_attention_backend(config.attention_backend, device)
+        attn_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
+        self.num_layers = len(attn_layers)
+        self.num_kv_heads = attn_layers[0].num_kv_heads
+        self.head_dim = attn_layers[0].head_dim
+        self.block_size = config.block_size
+        self.num_blocks = self._decide_num_blocks(max_model_len)
+        self.kv_caches = self._allocate_kv_caches()
+        generator = torch.Generator(device=device)
+        generator.manual_seed(config.seed)
+        self.sampler = Sampler(generator)
+
+    # ----------------------------------------------------------------- KV pool
+    @property
+    def bytes_per_block(self) -> int:
+        element = torch.empty((), dtype=self.dtype).element_size()
+        return 2 * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim * element
+
+    def _decide_num_blocks(self, max_model_len: int) -> int:
+        if self.config.num_kv_blocks is not None:
+            return self.config.num_kv_blocks
+        useful = self.config.max_num_seqs * (-(-max_model_len // self.block_size)) + 1
+        if self.config.kv_cache_memory_bytes is not None:
+            budget = self.config.kv_cache_memory_bytes
+        elif self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            activations = self.config.max_num_batched_tokens * self.vocab_size * 4 * 2
+            budget = int(total * self.config.gpu_memory_utilization) - (total - free) - activations
+        else:
+            budget = DEFAULT_CPU_KV_CACHE_BYTES
+            useful = min(useful, max(2, budget // self.bytes_per_block))
+            return max(2, useful)
+        num_blocks = budget // self.bytes_per_block
+        if num_blocks < 2:
+            raise ValueError(
+                f"the KV cache budget ({budget} bytes) holds no block ({self.bytes_per_block} bytes each); "
+                f"raise kv_cache_memory_bytes or gpu_memory_utilization")
+        return int(num_blocks)
+
+    def _allocate_kv_caches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        shape = (2, self.num_layers, self.num_blocks, self.block_size, self.num_kv_heads, self.head_dim)
+        pool = torch.empty(shape, dtype=self.dtype, device=self.device)  # pages are touched lazily
+        pool[:, :, NULL_BLOCK_ID].zero_()
+        self._pool = pool
+        return [(pool[0, i], pool[1, i]) for i in range(self.num_layers)]
+
+    def release(self) -> None:
+        """Drop the model and the KV pool so their memory can be returned."""
+        self.kv_caches = []
+        self._pool = None
+        self.model = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # ----------------------------------------------------------------- a step
+    @torch.inference_mode()
+    def execute(self, out: SchedulerOutput, rows: dict[int, SamplingRow]) -> dict[int, StepResult]:
+        """Run one step; `rows` maps id(request) to its sampling row. Results keyed the same way."""
+        for src, dst in out.block_copies:
+            self._pool[:, :, dst].copy_(self._pool[:, :, src])
+        # Single-token chunks first: the attention backends batch them as decodes.
+        scheduled = sorted(out.scheduled, key=lambda s: s.num_new_tokens != 1)
+        input_ids, positions, meta = self._prepare_inputs(scheduled)
+        hidden = self.model(input_ids, positions, self.kv_caches, meta)  # [T, H]
+
+        results: dict[int, StepResult] = {}
+        sample_index, sample_rows, offset = [], [], 0
+        for item in scheduled:
+            request = item.request
+            key = id(request)
+            results[key] = StepResult()
+            if request.sampling_params.prompt_logprobs is not None and request.is_prefilling_prompt:
+                results[key].prompt_logprobs = self._prompt_logprobs(hidden[offset:offset + item.num_new_tokens], item)
+            offset += item.num_new_tokens
+            if item.samples_this_step:
+                sample_index.append(offset - 1)
+                sample_rows.append((key, rows[key]))
+        if sample_rows:
+            logits = self.model.compute_logits(hidden[torch.tensor(sample_index, device=self.device)])
+            sampled = self.sampler(logits[:, :self.vocab_size], [row for _, row in sample_rows])
+            for i, (key, _) in enumerate(sample_rows):
+                result = results[key]
+                result.token_id = sampled.token_ids[i]
+                result.logprob = sampled.logprobs[i]
+                result.top_logprobs = sampled.top_logprobs[i]
+        return results
+
+    def _prepare_inputs(self, scheduled: list[ScheduledRequest]) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+        bs = self.block_size
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        query_lens, seq_lens, tables = [], [], []
+        num_decodes = 0
+        for item in scheduled:
+            request = item.request
+            start, n = request.num_computed_tokens, item.num_new_tokens
+            if n == 1 and num_decodes == len(query_lens):
+                num_decodes += 1
+            input_ids += request.all_token_ids[start:start + n]
+            positions += range(start, start + n)
+            table = request.block_ids
+            slots += [table[p // bs] * bs + p % bs for p in range(start, start + n)]
+            query_lens.append(n)
+            seq_lens.append(start + n)
+            tables.append(table)
+        max_blocks = max(len(t) for t in tables)
+        padded = [t + [NULL_BLOCK_ID] * (max_blocks - len(t)) for t in tables]
+        dev = self.device
+        query_start = [0]
+        for n in query_lens:
+            query_start.append(query_start[-1] + n)
+        meta = AttentionMetadata(
+            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
+            query_start_loc=torch.tensor(query_start, dtype=torch.int32, device=dev),
+            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
+            block_tables=torch.tensor(padded, dtype=torch.int32, device=dev),
+            query_lens_cpu=query_lens,
+            seq_lens_cpu=seq_lens,
+            num_decodes=num_decodes,
+            block_size=bs,
+            backend=self.attention_backend,
+        )
+        self.attention_backend.prepare(meta)
+        return (torch.tensor(input_ids, dtype=torch.int64, device=dev),
+                torch.tensor(positions, dtype=torch.int64, device=dev), meta)
+
+    def _prompt_logprobs(self, hidden: torch.Tensor, item: ScheduledRequest) -> list[Optional[dict[int, Logprob]]]:
+        """Logprob entries for the prompt tokens this chunk predicts (position p predicts p + 1)."""
+        request = item.request
+        start = request.num_computed_tokens
+        entries: list[Optional[dict[int, Logprob]]] = [None] if start == 0 else []
+        last = min(start + item.num_new_tokens, request.num_prompt_tokens - 1)
+        if last <= start:
+            return entries
+        logits = self.model.compute_logits(hidden[:last - start])[:, :self.vocab_size].float()
+        logprobs = torch.log_softmax(logits, dim=-1)  # [n, V]
+        targets = torch.tensor(request.prompt_token_ids[start + 1:last + 1], device=self.device)
+        chosen = logprobs.gather(1, targets[:, None]).squeeze(1)
+        ranks = (logprobs > chosen[:, None]).sum(dim=-1) + 1
+        k = request.sampling_params.prompt_logprobs
+        top_values, top_ids = logprobs.topk(k, dim=-1) if k else (None, None)
+        for j in range(last - start):
+            entry = {int(targets[j]): Logprob(float(chosen[j]), int(ranks[j]))}
+            if k:
+                for r, (tid, value) in enumerate(zip(top_ids[j].tolist(), top_values[j].tolist())):
+                    entry.setdefault(tid, Logprob(value, r + 1))
+            entries.append(entry)
+        return entries
+
+
+def stop_ids_for_min_tokens(request: Request) -> frozenset[int]:
+    return frozenset(request.eos_token_ids) | frozenset(request.sampling_params.stop_token_ids or ())

@@ -1,0 +1,182 @@
+"""Turning a batch of logits into next tokens, each row with its own SamplingParams.
+
+The pipeline, in order:
+  1. raw log-probabilities of the model's logits (what logprobs report, as vLLM's
+     default "raw_logprobs");
+  2. constraints: allowed_token_ids, bad_words, logit_bias, and min_tokens (EOS and
+     stop tokens masked until enough tokens exist);
+  3. penalties: repetition (prompt and output tokens, Hugging Face's rule), presence
+     and frequency (output tokens only, OpenAI's rule);
+  4. greedy rows take the argmax;
+  5. other rows: temperature, then top-k, top-p and min-p filtering, then one draw
+     per row by the exponential race (argmax of p / Exp(1)), using the row's own
+     generator when it is seeded so its stream does not depend on its batch mates.
+Rows without constraints or penalties pay nothing for steps 2-3.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import torch
+
+from nbllm.sampling_params import SamplingParams
+
+
+@dataclass
+class SamplingRow:
+    """What the sampler needs to know about one row."""
+
+    params: SamplingParams
+    prompt_token_ids: Sequence[int]
+    output_token_ids: Sequence[int]
+    generator: Optional[torch.Generator]
+    stop_ids_until_min_tokens: frozenset[int] = frozenset()  # masked while output < min_tokens
+    bad_words_token_ids: list[list[int]] = field(default_factory=list)
+
+
+@dataclass
+class SamplerOutput:
+    token_ids: list[int]
+    logprobs: list[float]  # raw logprob of each sampled token
+    top_logprobs: list[Optional[tuple[list[int], list[float], int]]]  # (ids, logprobs, sampled rank)
+
+
+class Sampler:
+    def __init__(self, default_generator: torch.Generator):
+        self.default_generator = default_generator
+
+    def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
+        logits = logits.float()  # [N, V]
+        raw_logprobs = torch.log_softmax(logits, dim=-1)
+        logits = self._apply_constraints(logits, rows)
+        logits = self._apply_penalties(logits, rows)
+
+        greedy = [i for i, r in enumerate(rows) if r.params.is_greedy]
+        sampled = [i for i, r in enumerate(rows) if not r.params.is_greedy]
+        token_ids = torch.empty(len(rows), dtype=torch.long, device=logits.device)
+        if greedy:
+            index = torch.tensor(greedy, device=logits.device)
+            token_ids[index] = logits[index].argmax(dim=-1)
+        if sampled:
+            index = torch.tensor(sampled, device=logits.device)
+            token_ids[index] = self._sample(logits[index], [rows[i] for i in sampled])
+
+        chosen = raw_logprobs.gather(1, token_ids[:, None]).squeeze(1)
+        top = self._top_logprobs(raw_logprobs, token_ids, chosen, rows)
+        return SamplerOutput(token_ids.tolist(), chosen.tolist(), top)
+
+    # ----------------------------------------------------------------- step 2
+    @staticmethod
+    def _apply_constraints(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+        for i, row in enumerate(rows):
+            p = row.params
+            if p.allowed_token_ids is not None:
+                keep = torch.full_like(logits[i], float("-inf"))
+                ids = torch.tensor(p.allowed_token_ids, device=logits.device)
+                keep[ids] = 0.0
+                logits[i] += keep
+            for word in row.bad_words_token_ids:
+                prefix = word[:-1]
+                if not prefix or list(row.output_token_ids[-len(prefix):]) == prefix:
+                    logits[i, word[-1]] = float("-inf")
+            if p.logit_bias:
+                ids = torch.tensor(list(p.logit_bias.keys()), device=logits.device)
+                logits[i, ids] += torch.tensor(list(p.logit_bias.values()), device=logits.device)
+            if row.stop_ids_until_min_tokens and len(row.output_token_ids) < p.min_tokens:
+                logits[i, list(row.stop_ids_until_min_tokens)] = float("-inf")
+        return logits
+
+    # ----------------------------------------------------------------- step 3
+    @staticmethod
+    def _apply_penalties(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+        vocab = logits.shape[1]
+        for i, row in enumerate(rows):
+            p = row.params
+            if not p.needs_penalties:
+                continue
+            output = torch.tensor(list(row.output_token_ids), dtype=torch.long, device=logits.device)
+            if p.repetition_penalty != 1.0:
+                seen = torch.tensor(list(row.prompt_token_ids) + list(row.output_token_ids),
+                                    dtype=torch.long, device=logits.device).unique()
+                values = logits[i, seen]
+                logits[i, seen] = torch.where(values > 0, values / p.repetition_penalty,
+                                              values * p.repetition_penalty)
+            if output.numel() and (p.presence_penalty or p.frequency_penalty):
+                counts = torch.bincount(output, minlength=vocab).to(logits.dtype)
+                logits[i] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(logits.dtype)
+        return logits
+
+    # ----------------------------------------------------------------- step 5
+    def _sample(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+        device = logits.device
+        temperature = torch.tensor([r.params.temperature for r in rows], device=device)
+        logits = logits / temperature[:, None]
+        logits = filter_logits(
+            logits,
+            top_k=[r.params.top_k for r in rows],
+            top_p=[r.params.top_p for r in rows],
+            min_p=[r.params.min_p for r in rows],
+        )
+        probs = torch.softmax(logits, dim=-1)
+        noise = torch.empty_like(probs)
+        unseeded = [i for i, r in enumerate(rows) if r.generator is None]
+        if unseeded:
+            noise[unseeded] = torch.empty(len(unseeded), probs.shape[1], device=device).exponential_(
+                generator=self.default_generator)
+        for i, row in enumerate(rows):
+            if row.generator is not None:
+                noise[i] = torch.empty(probs.shape[1], device=device).exponential_(generator=row.generator)
+        return (probs / noise).argmax(dim=-1)
+
+    # ----------------------------------------------------------------- logprobs
+    @staticmethod
+    def _top_logprobs(raw: torch.Tensor, token_ids: torch.Tensor, chosen: torch.Tensor,
+                      rows: list[SamplingRow]) -> list[Optional[tuple[list[int], list[float], int]]]:
+        wanted = [r.params.logprobs for r in rows]
+        if all(k is None for k in wanted):
+            return [None] * len(rows)
+        ranks = (raw > chosen[:, None]).sum(dim=-1) + 1
+        k_max = max(k or 0 for k in wanted)
+        top_values, top_ids = raw.topk(k_max, dim=-1) if k_max else (None, None)
+        result: list[Optional[tuple[list[int], list[float], int]]] = []
+        for i, k in enumerate(wanted):
+            if k is None:
+                result.append(None)
+            elif k == 0:
+                result.append(([], [], int(ranks[i])))
+            else:
+                result.append((top_ids[i, :k].tolist(), top_values[i, :k].tolist(), int(ranks[i])))
+        return result
+
+
+def filter_logits(logits: torch.Tensor, top_k: list[int], top_p: list[float],
+                  min_p: list[float]) -> torch.Tensor:
+    """Mask (set to -inf) tokens outside each row's top-k, top-p nucleus and min-p floor.
+
+    logits: [N, V], already divided by temperature. top_k 0 and top_p 1 and min_p 0
+    disable a filter. Ties at the k-th value are kept, as vLLM does.
+    """
+    device = logits.device
+    neg_inf = float("-inf")
+    if any(k > 0 for k in top_k):
+        k = torch.tensor([kk if kk > 0 else logits.shape[1] for kk in top_k], device=device)
+        k = k.clamp(max=logits.shape[1])
+        sorted_desc = logits.sort(dim=-1, descending=True).values
+        kth = sorted_desc.gather(1, (k - 1)[:, None])
+        logits = logits.masked_fill(logits < kth, neg_inf)
+    if any(p < 1.0 for p in top_p):
+        p = torch.tensor(top_p, device=device, dtype=logits.dtype)
+        sorted_logits, sorted_idx = logits.sort(dim=-1, descending=False)
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        remove_sorted = cum <= (1 - p)[:, None]
+        remove_sorted[:, -1] = False  # always keep the most likely token
+        remove = torch.zeros_like(remove_sorted).scatter(1, sorted_idx, remove_sorted)
+        logits = logits.masked_fill(remove, neg_inf)
+    if any(m > 0.0 for m in min_p):
+        m = torch.tensor(min_p, device=device, dtype=logits.dtype)
+        probs = logits.softmax(dim=-1)
+        floor = probs.max(dim=-1, keepdim=True).values * m[:, None]
+        logits = logits.masked_fill(probs < floor, neg_inf)
+    return logits
