@@ -75,6 +75,8 @@ class LLM:
                    ) -> list[tuple[Optional[str], list[int], SamplingParams]]:
         if isinstance(prompts, (str, dict)):
             prompts = [prompts]
+        if not isinstance(prompts, (list, tuple)):
+            raise TypeError(f"prompts must be a str, a prompt dict, or a list of them, got {type(prompts).__name__}")
         prompts = list(prompts)
         if not prompts:
             raise ValueError("prompts is empty: pass at least one prompt")

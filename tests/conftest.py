@@ -5,6 +5,9 @@ runs, so it is set here, before the tests import nbllm_kernels.
 """
 
 import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -21,3 +24,24 @@ def _cuda_available() -> bool:
 
 if not _cuda_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_path(tmp_path_factory):
+    """A tiny random Llama (GQA 4/2) with an offline BPE tokenizer and ChatML template."""
+    from tiny_models import make_tiny_model
+
+    return make_tiny_model("LlamaForCausalLM", tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(tiny_llama_path):
+    """One shared engine on the tiny Llama (tests must leave it idle and all blocks free)."""
+    from nbllm import LLM
+
+    llm = LLM(str(tiny_llama_path), num_kv_blocks=256, block_size=8)
+    yield llm
+    llm.shutdown()

@@ -1,0 +1,126 @@
+"""Many callers, streaming, aborts, interrupts and a soak: the engine keeps serving and leaks nothing."""
+
+import _thread
+import random
+import threading
+import time
+
+import pytest
+
+from nbllm import LLM, RequestOutputKind, SamplingParams
+
+LONG = SamplingParams(temperature=0, max_tokens=200, ignore_eos=True)
+
+
+def _wait_idle(llm, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        m = llm.get_metrics()
+        if m.num_requests_running == 0 and m.num_requests_waiting == 0 and m.num_blocks_used == 0:
+            return m
+        time.sleep(0.02)
+    raise AssertionError(f"engine not idle: {llm.get_metrics()}")
+
+
+def test_stream_yields_growing_text_then_finishes(tiny_llm):
+    outputs = list(tiny_llm.stream("Once upon a time", SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)))
+    assert len(outputs) == 10
+    assert [len(o.outputs[0].token_ids) for o in outputs] == list(range(1, 11))
+    assert outputs[-1].finished and not outputs[0].finished
+    final = tiny_llm.generate("Once upon a time", SamplingParams(temperature=0, max_tokens=10, ignore_eos=True),
+                              use_tqdm=False)[0]
+    assert outputs[-1].outputs[0].text == final.outputs[0].text
+
+
+def test_delta_outputs_concatenate_to_the_full_text(tiny_llm):
+    params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, output_kind=RequestOutputKind.DELTA)
+    deltas = list(tiny_llm.stream("Hello", params))
+    full = tiny_llm.generate("Hello", params.updated(output_kind=RequestOutputKind.CUMULATIVE), use_tqdm=False)[0]
+    assert "".join(d.outputs[0].text for d in deltas) == full.outputs[0].text
+    assert sum((d.outputs[0].token_ids for d in deltas), []) == full.outputs[0].token_ids
+
+
+def test_closing_a_stream_early_aborts_it(tiny_llm):
+    stream = tiny_llm.stream("Once upon a time", LONG)
+    next(stream)
+    stream.close()
+    _wait_idle(tiny_llm)
+
+
+def test_abort_frees_blocks_and_reports_abort(tiny_llm):
+    handle = tiny_llm.submit("Once upon a time", LONG)
+    handle.get(timeout=10)
+    tiny_llm.abort(handle.request_id)
+    final = handle.result()
+    assert final.finished and final.outputs[0].finish_reason == "abort"
+    _wait_idle(tiny_llm)
+
+
+def test_keyboard_interrupt_during_generate_leaves_engine_usable(tiny_llm):
+    timer = threading.Timer(0.3, _thread.interrupt_main)
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        tiny_llm.generate(["Once upon a time"] * 4, SamplingParams(temperature=0, max_tokens=4000 // 20,
+                                                                  ignore_eos=True), use_tqdm=False)
+    timer.cancel()
+    _wait_idle(tiny_llm)
+    out = tiny_llm.generate("Hello", SamplingParams(temperature=0, max_tokens=3), use_tqdm=False)[0]
+    assert out.finished
+
+
+def test_callers_in_several_threads_are_batched_together(tiny_llm):
+    prompts = ["Once upon a time", "The capital of", "def add(a, b):", "Hello"]
+    expected = [o.outputs[0].token_ids for o in tiny_llm.generate(
+        prompts, SamplingParams(temperature=0, max_tokens=30, ignore_eos=True), use_tqdm=False)]
+    results = {}
+    seen_running = []
+
+    def worker(i):
+        out = tiny_llm.generate(prompts[i], SamplingParams(temperature=0, max_tokens=30, ignore_eos=True),
+                                use_tqdm=False)
+        results[i] = out[0].outputs[0].token_ids
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        seen_running.append(tiny_llm.get_metrics().num_requests_running)
+        time.sleep(0.005)
+    assert [results[i] for i in range(len(prompts))] == expected
+    assert max(seen_running) >= 2  # they really ran in one batch
+    _wait_idle(tiny_llm)
+
+
+def test_soak_random_requests_and_aborts(tiny_llama_path):
+    rng = random.Random(7)
+    words = "once upon a time the capital of france is paris notebook model block cache".split()
+    with LLM(str(tiny_llama_path), block_size=8, num_kv_blocks=40, max_num_seqs=24,
+             max_num_batched_tokens=96) as llm:
+        handles, aborted = [], set()
+        for i in range(300):
+            prompt = " ".join(rng.choice(words) for _ in range(rng.randint(1, 40)))
+            params = SamplingParams(
+                n=rng.choice([1, 1, 1, 2]), temperature=rng.choice([0.0, 0.7, 1.0]), top_p=rng.choice([1.0, 0.9]),
+                top_k=rng.choice([0, 5]), min_p=rng.choice([0.0, 0.05]), seed=rng.choice([None, i]),
+                max_tokens=rng.randint(1, 24), presence_penalty=rng.choice([0.0, 0.5]),
+                repetition_penalty=rng.choice([1.0, 1.1]), stop=rng.choice([None, ["the"]]),
+                logprobs=rng.choice([None, 2]), ignore_eos=rng.choice([True, False]))
+            handles.append(llm.submit(prompt, params))
+            if rng.random() < 0.15:
+                victim = rng.choice(handles)
+                llm.abort(victim.request_id)
+                aborted.add(victim.request_id)
+        for handle in handles:
+            final = handle.result()
+            assert final.finished
+            for completion in final.outputs:
+                if handle.request_id in aborted:
+                    assert completion.finish_reason in ("abort", "stop", "length")
+                else:
+                    assert completion.finish_reason in ("stop", "length"), completion
+                    assert 1 <= len(completion.token_ids) <= 24
+        metrics = _wait_idle(llm)
+        assert metrics.num_preemptions > 0  # the pool was small enough to force preemption
+        bm = llm.llm_engine.block_manager
+        assert bm.num_free_blocks == bm.num_usable_blocks
+        assert all(b.ref_cnt == 0 for b in bm.blocks[1:])
