@@ -5,6 +5,7 @@
     llm.generate("Once upon a time", SamplingParams(max_tokens=32))
 """
 
+from nbllm.chat_utils import load_chat_template
 from nbllm.config import EngineConfig
 from nbllm.llm import LLM
 from nbllm.outputs import (BeamSearchOutput, BeamSearchSequence, CompletionOutput, Logprob, RequestMetrics,
@@ -13,7 +14,7 @@ from nbllm.sampling_params import BeamSearchParams, RequestOutputKind, SamplingP
 
 __version__ = "0.1.0"
 
-__all__ = ["LLM", "EngineConfig", "SamplingParams", "BeamSearchParams", "RequestOutputKind", "RequestOutput",
+__all__ = ["LLM", "load_chat_template", "EngineConfig", "SamplingParams", "BeamSearchParams", "RequestOutputKind", "RequestOutput",
            "CompletionOutput", "Logprob", "RequestMetrics", "BeamSearchOutput", "BeamSearchSequence"]
 
 

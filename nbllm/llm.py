@@ -12,6 +12,7 @@ from __future__ import annotations
 import queue
 from typing import Any, Iterator, Optional, Sequence, Union
 
+from nbllm.chat_utils import is_single_conversation, render_chat
 from nbllm.config import EngineConfig
 from nbllm.engine.engine_loop import EngineLoop, RequestStream
 from nbllm.engine.llm_engine import LLMEngine
@@ -134,6 +135,31 @@ class LLM:
             if bar is not None:
                 bar.close()
         return results  # type: ignore[return-value]
+
+    def chat(self, messages: Union[list[dict], list[list[dict]]],
+             sampling_params: Union[None, SamplingParams, Sequence[SamplingParams]] = None,
+             use_tqdm: bool = True, chat_template: Optional[str] = None, add_generation_prompt: bool = True,
+             continue_final_message: bool = False, chat_template_kwargs: Optional[dict] = None
+             ) -> list[RequestOutput]:
+        """Generate replies to one conversation or a list of them, batched together."""
+        prompts = self.render_chat_prompts(messages, chat_template, add_generation_prompt, continue_final_message,
+                                           chat_template_kwargs)
+        return self.generate(prompts, sampling_params, use_tqdm)
+
+    def render_chat_prompts(self, messages: Union[list[dict], list[list[dict]]],
+                            chat_template: Optional[str] = None, add_generation_prompt: bool = True,
+                            continue_final_message: bool = False,
+                            chat_template_kwargs: Optional[dict] = None) -> list[dict]:
+        """Conversations rendered by the chat template into prompt dicts for generate/stream/submit."""
+        conversations = [messages] if is_single_conversation(messages) else list(messages)
+        if not conversations:
+            raise ValueError("messages is empty: pass a conversation or a list of conversations")
+        prompts = []
+        for conversation in conversations:
+            text, ids = render_chat(self.get_tokenizer(), conversation, chat_template, add_generation_prompt,
+                                    continue_final_message, chat_template_kwargs)
+            prompts.append({"prompt": text, "prompt_token_ids": ids})
+        return prompts
 
     def stream(self, prompts: Union[PromptType, Sequence[PromptType]],
                sampling_params: Union[None, SamplingParams, Sequence[SamplingParams]] = None

@@ -68,3 +68,14 @@ def test_generation_config_defaults(default_llm):
     for theirs, ours in (("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k")):
         if theirs in generation_config:
             assert getattr(params, ours) == generation_config[theirs]
+
+
+def test_default_chat_template_renders_like_transformers(default_llm):
+    tokenizer = default_llm.get_tokenizer()
+    conv = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]
+    [prompt] = default_llm.render_chat_prompts(conv)
+    assert prompt["prompt"] == tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+    assert prompt["prompt_token_ids"][0] != prompt["prompt_token_ids"][1]  # no doubled BOS
+    reply = default_llm.chat([{"role": "user", "content": "What is the capital of France?"}],
+                             SamplingParams(temperature=0, max_tokens=16), use_tqdm=False)[0]
+    assert "Paris" in reply.outputs[0].text
