@@ -105,7 +105,11 @@ class LlamaForCausalLM(nn.Module):
         self.config = config
         self.model = LlamaModel(config, self.attention_biases(config), self.qk_norm)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        if getattr(config, "tie_word_embeddings", False):
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """Share lm_head with embed_tokens when the config says so; needed again after to_empty() unties them."""
+        if getattr(self.config, "tie_word_embeddings", False):
             self.lm_head.weight = self.model.embed_tokens.weight
 
     @staticmethod
@@ -122,6 +126,7 @@ class LlamaForCausalLM(nn.Module):
         return self.lm_head(hidden)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        self.tie_weights()
         load_weights(self, weights, self.packed_modules)
 
 
