@@ -146,6 +146,16 @@ class LLM:
                                            chat_template_kwargs)
         return self.generate(prompts, sampling_params, use_tqdm)
 
+    def stream_chat(self, messages: Union[list[dict], list[list[dict]]],
+                    sampling_params: Union[None, SamplingParams, Sequence[SamplingParams]] = None,
+                    chat_template: Optional[str] = None, add_generation_prompt: bool = True,
+                    continue_final_message: bool = False, chat_template_kwargs: Optional[dict] = None
+                    ) -> Iterator[RequestOutput]:
+        """Like chat(), but yields outputs as they are produced (see stream())."""
+        prompts = self.render_chat_prompts(messages, chat_template, add_generation_prompt, continue_final_message,
+                                           chat_template_kwargs)
+        return self.stream(prompts, sampling_params)
+
     def render_chat_prompts(self, messages: Union[list[dict], list[list[dict]]],
                             chat_template: Optional[str] = None, add_generation_prompt: bool = True,
                             continue_final_message: bool = False,
