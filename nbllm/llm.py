@@ -180,8 +180,10 @@ class LLM:
         """
         items = self._normalize(prompts, sampling_params)
         sink: "queue.Queue[tuple[int, Any]]" = queue.Queue()
-        streams = self._submit_all(items, None, sink)
-        unfinished = {s.request_id for s in streams}
+        streams = self._submit_all(items, None, sink)  # bad input raises here, not at first next()
+        return self._drain(sink, {s.request_id for s in streams})
+
+    def _drain(self, sink: "queue.Queue", unfinished: set[str]) -> Iterator[RequestOutput]:
         try:
             while unfinished:
                 _, item = _get(sink)
