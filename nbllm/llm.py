@@ -17,8 +17,8 @@ from nbllm.config import EngineConfig
 from nbllm.engine.engine_loop import EngineLoop, RequestStream
 from nbllm.engine.llm_engine import LLMEngine
 from nbllm.metrics import MetricsSnapshot
-from nbllm.outputs import RequestOutput
-from nbllm.sampling_params import RequestOutputKind, SamplingParams
+from nbllm.outputs import BeamSearchOutput, RequestOutput
+from nbllm.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams
 
 PromptType = Union[str, dict]
 _POLL_S = 0.05
@@ -112,7 +112,11 @@ class LLM:
         items = self._normalize(prompts, sampling_params)
         sink: "queue.Queue[tuple[int, Any]]" = queue.Queue()
         streams = self._submit_all(items, RequestOutputKind.FINAL_ONLY, sink)
-        results: list[Optional[RequestOutput]] = [None] * len(streams)
+        return self._collect(streams, sink, use_tqdm)
+
+    def _collect(self, streams: list[RequestStream], sink: "queue.Queue", use_tqdm: bool) -> list:
+        """Wait for every stream's final output; an interrupt aborts the unfinished ones."""
+        results: list[Any] = [None] * len(streams)
         bar = _progress_bar(len(streams)) if use_tqdm else None
         generated = 0
         try:
@@ -123,7 +127,7 @@ class LLM:
                     raise item
                 results[index] = item
                 remaining -= 1
-                generated += sum(len(o.token_ids) for o in item.outputs)
+                generated += sum(len(o.token_ids) for o in getattr(item, "outputs", ()))
                 if bar is not None:
                     bar.update(1)
                     elapsed = bar.format_dict.get("elapsed") or 1e-9
@@ -134,7 +138,23 @@ class LLM:
         finally:
             if bar is not None:
                 bar.close()
-        return results  # type: ignore[return-value]
+        return results
+
+    def beam_search(self, prompts: Union[PromptType, Sequence[PromptType]], params: BeamSearchParams,
+                    use_tqdm: bool = False) -> list[BeamSearchOutput]:
+        """Beam search for each prompt (batched together); each output holds ranked beams and the tree."""
+        if not isinstance(params, BeamSearchParams):
+            raise TypeError(f"params must be BeamSearchParams, got {type(params).__name__}")
+        items = self._normalize(prompts, SamplingParams())
+        sink: "queue.Queue[tuple[int, Any]]" = queue.Queue()
+        streams: list[RequestStream] = []
+        try:
+            for index, (text, ids, _) in enumerate(items):
+                streams.append(self._loop.submit_beam_search(text, ids, params, sink=sink, sink_key=index))
+        except BaseException:
+            self._loop.abort([s.request_id for s in streams])
+            raise
+        return self._collect(streams, sink, use_tqdm)
 
     def chat(self, messages: Union[list[dict], list[list[dict]]],
              sampling_params: Union[None, SamplingParams, Sequence[SamplingParams]] = None,

@@ -101,4 +101,9 @@ class BeamSearchOutput:
     sequences: list[BeamSearchSequence]
     prompt: Optional[str] = None
     prompt_token_ids: list[int] = field(default_factory=list)
-    tree: Optional[object] = None
+    tree: Optional[object] = None  # nbllm.beam_tree.BeamTree: every candidate of every step
+    request_id: str = ""
+    finished: bool = True
+
+    def _repr_html_(self) -> Optional[str]:
+        return self.tree._repr_html_() if self.tree is not None else None

@@ -79,3 +79,15 @@ def test_default_chat_template_renders_like_transformers(default_llm):
     reply = default_llm.chat([{"role": "user", "content": "What is the capital of France?"}],
                              SamplingParams(temperature=0, max_tokens=16), use_tqdm=False)[0]
     assert "Paris" in reply.outputs[0].text
+
+
+def test_beam_search_beats_greedy_and_frees_blocks(default_llm):
+    from nbllm import BeamSearchParams
+
+    prompt = "The best way to learn a language is"
+    beams = default_llm.beam_search(prompt, BeamSearchParams(beam_width=4, max_tokens=32, ignore_eos=True))[0]
+    greedy = default_llm.generate(prompt, SamplingParams(temperature=0, max_tokens=32, ignore_eos=True, logprobs=0),
+                                  use_tqdm=False)[0].outputs[0]
+    assert len(beams.sequences) == 4
+    assert beams.sequences[0].cum_logprob >= greedy.cumulative_logprob - 1e-4
+    assert default_llm.get_metrics().num_blocks_used == 0

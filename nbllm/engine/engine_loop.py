@@ -17,7 +17,7 @@ from typing import Iterator, Optional, Sequence
 
 from nbllm.engine.llm_engine import LLMEngine
 from nbllm.outputs import RequestOutput
-from nbllm.sampling_params import SamplingParams
+from nbllm.sampling_params import BeamSearchParams, SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -84,13 +84,24 @@ class EngineLoop:
         With a sink, outputs of this request are put there as (sink_key, item), so
         one caller can wait on many requests at once.
         """
+        return self._register(lambda engine, rid: engine.add_request(rid, prompt, prompt_token_ids, params),
+                              request_id, sink, sink_key)
+
+    def submit_beam_search(self, prompt: Optional[str], prompt_token_ids: Sequence[int], params: BeamSearchParams,
+                           sink: Optional[queue.Queue] = None, sink_key: object = None) -> RequestStream:
+        """Queue a beam search; its stream receives one BeamSearchOutput."""
+        return self._register(lambda engine, rid: engine.add_beam_request(rid, prompt, prompt_token_ids, params),
+                              None, sink, sink_key)
+
+    def _register(self, add, request_id: Optional[str], sink: Optional[queue.Queue],
+                  sink_key: object) -> RequestStream:
         with self._work:
             if self._stopped:
                 raise EngineDeadError("the engine has been shut down")
             if request_id is None:
                 self._counter += 1
                 request_id = str(self._counter)
-            self.engine.add_request(request_id, prompt, prompt_token_ids, params)
+            add(self.engine, request_id)
             stream = RequestStream(request_id, sink, sink_key)
             self._streams[request_id] = stream
             self._work.notify()

@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 import torch
 
 from nbllm.config import EngineConfig
+from nbllm.engine.beam_search import BeamGroup, candidates_from_result
 from nbllm.engine.block_manager import BlockManager
 from nbllm.engine.detokenizer import IncrementalDetokenizer
 from nbllm.engine.model_runner import ModelRunner, StepResult, resolve_device, stop_ids_for_min_tokens
@@ -23,8 +24,8 @@ from nbllm.engine.sequence import Request, RequestStatus
 from nbllm.layers.sampler import SamplingRow
 from nbllm.loader import load_generation_config, load_hf_config, load_tokenizer, resolve_model_path, torch_dtype
 from nbllm.metrics import MetricsRecorder, MetricsSnapshot, now
-from nbllm.outputs import CompletionOutput, Logprob, RequestOutput
-from nbllm.sampling_params import RequestOutputKind, SamplingParams
+from nbllm.outputs import BeamSearchOutput, CompletionOutput, Logprob, RequestOutput
+from nbllm.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ class LLMEngine:
         self.eos_token_ids = self._eos_token_ids()
         self.metrics = MetricsRecorder()
         self._requests: dict[str, _UserRequest] = {}
+        self._beam_groups: dict[str, BeamGroup] = {}
+        self._num_forks = 0
 
     # ----------------------------------------------------------------- set-up helpers
     def _derive_max_model_len(self) -> int:
@@ -114,17 +117,7 @@ class LLMEngine:
     def add_request(self, request_id: str, prompt: Optional[str], prompt_token_ids: Sequence[int],
                     params: SamplingParams, arrival_time: Optional[float] = None) -> None:
         """Queue a request; raises ValueError for bad input and leaves the engine untouched."""
-        if request_id in self._requests:
-            raise ValueError(f"request id {request_id!r} is already in use")
-        prompt_token_ids = [int(t) for t in prompt_token_ids]
-        if not prompt_token_ids:
-            raise ValueError("the prompt is empty: it must contain at least one token")
-        bad = [t for t in prompt_token_ids if not 0 <= t < self.vocab_size]
-        if bad:
-            raise ValueError(f"prompt token ids outside the vocabulary [0, {self.vocab_size}): {bad[:5]}")
-        if len(prompt_token_ids) >= self.max_model_len:
-            raise ValueError(f"the prompt is {len(prompt_token_ids)} tokens long, but the maximum model length "
-                             f"is {self.max_model_len} (including at least one generated token)")
+        prompt_token_ids = self._validate_prompt(request_id, prompt_token_ids)
         params.validate_for_vocab(self.vocab_size)
         arrival = arrival_time if arrival_time is not None else now()
         bad_words = [self.tokenizer.encode(w, add_special_tokens=False) for w in params.bad_words] + \
@@ -151,12 +144,63 @@ class LLMEngine:
             self.scheduler.add_request(child)
         self.metrics.prompt_tokens_total += len(prompt_token_ids) * params.n
 
-    def abort_request(self, request_ids: str | Sequence[str]) -> list[RequestOutput]:
+    def _validate_prompt(self, request_id: str, prompt_token_ids: Sequence[int]) -> list[int]:
+        if request_id in self._requests or request_id in self._beam_groups:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        prompt_token_ids = [int(t) for t in prompt_token_ids]
+        if not prompt_token_ids:
+            raise ValueError("the prompt is empty: it must contain at least one token")
+        bad = [t for t in prompt_token_ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise ValueError(f"prompt token ids outside the vocabulary [0, {self.vocab_size}): {bad[:5]}")
+        if len(prompt_token_ids) >= self.max_model_len:
+            raise ValueError(f"the prompt is {len(prompt_token_ids)} tokens long, but the maximum model length "
+                             f"is {self.max_model_len} (including at least one generated token)")
+        return prompt_token_ids
+
+    def add_beam_request(self, request_id: str, prompt: Optional[str], prompt_token_ids: Sequence[int],
+                         params: BeamSearchParams) -> None:
+        """Queue a beam search; its single output (a BeamSearchOutput) comes when it ends."""
+        prompt_token_ids = self._validate_prompt(request_id, prompt_token_ids)
+        beam_params = SamplingParams(temperature=params.temperature, logprobs=2 * params.beam_width,
+                                     max_tokens=None, ignore_eos=True, detokenize=False)
+        group = BeamGroup(request_id, prompt, prompt_token_ids, params, self.eos_token_ids, self.tokenizer,
+                          self.max_model_len)
+        first = Request(request_id=f"{request_id}-beam0", prompt_token_ids=prompt_token_ids,
+                        sampling_params=beam_params, arrival_time=now(), eos_token_ids=self.eos_token_ids,
+                        prompt=prompt, parent_id=request_id, beam_group_id=request_id)
+        group.start(first)
+        self._beam_groups[request_id] = group
+        self.scheduler.add_request(first)
+        self.metrics.prompt_tokens_total += len(prompt_token_ids)
+
+    def _fork_beam(self, parent: Request) -> Request:
+        self._num_forks += 1
+        child = parent.fork(f"{parent.beam_group_id}-beam{self._num_forks}")
+        if parent.block_ids and parent.num_computed_tokens:
+            self.block_manager.fork(parent, child)
+            child.num_computed_tokens = parent.num_computed_tokens
+            self.scheduler.add_running(child)
+        else:  # the parent was preempted: the child recomputes as well
+            self.scheduler.add_request(child)
+        return child
+
+    def _drop_beam(self, request: Request) -> None:
+        if not request.is_finished:
+            self.scheduler.finish_request(request, RequestStatus.FINISHED_ABORTED)
+
+    def abort_request(self, request_ids: str | Sequence[str]) -> list[RequestOutput | BeamSearchOutput]:
         """Abort requests (unknown ids are ignored); returns their final outputs."""
         if isinstance(request_ids, str):
             request_ids = [request_ids]
-        outputs = []
+        outputs: list[RequestOutput | BeamSearchOutput] = []
         for request_id in request_ids:
+            group = self._beam_groups.pop(request_id, None)
+            if group is not None:
+                for request in group.requests:
+                    self._drop_beam(request)
+                outputs.append(group.output())
+                continue
             user = self._requests.pop(request_id, None)
             if user is None:
                 continue
@@ -165,14 +209,14 @@ class LLMEngine:
         return outputs
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self._requests)
+        return bool(self._requests or self._beam_groups)
 
     @property
     def num_unfinished_requests(self) -> int:
-        return len(self._requests)
+        return len(self._requests) + len(self._beam_groups)
 
     # ----------------------------------------------------------------- the step
-    def step(self) -> list[RequestOutput]:
+    def step(self) -> list[RequestOutput | BeamSearchOutput]:
         out = self.scheduler.schedule()
         if out.is_empty:
             return []
@@ -185,6 +229,7 @@ class LLMEngine:
         self.scheduler.update_after_step(out)
         t1 = now()
         touched: dict[str, _UserRequest] = {}
+        groups: dict[str, BeamGroup] = {}
         generated = 0
         for item in out.scheduled:
             request = item.request
@@ -193,11 +238,23 @@ class LLMEngine:
                 request.prompt_logprobs.extend(result.prompt_logprobs)
             if result.token_id is None:
                 continue
+            if request.beam_group_id is not None:
+                request.beam_candidates = candidates_from_result(result.token_id, result.logprob,
+                                                                 result.top_logprobs)
+                groups[request.beam_group_id] = self._beam_groups[request.beam_group_id]
+                continue
             generated += 1
             self._append_token(request, result, t1)
             touched[request.parent_id] = self._requests[request.parent_id]
+        outputs: list[RequestOutput | BeamSearchOutput] = []
+        for group in groups.values():
+            if group.ready():
+                generated += group.expand(self._fork_beam, self._drop_beam)
+                if group.finished:
+                    outputs.append(group.output())
+                    del self._beam_groups[group.request_id]
+                    self.metrics.requests_finished_total += 1
         self.metrics.record_generated(generated, t1)
-        outputs = []
         for user in touched.values():
             output = self._make_output(user)
             if output is not None:
@@ -305,7 +362,6 @@ class LLMEngine:
             e2e_request_latency=self.metrics.e2e_request_latency.copy())
 
     def shutdown(self) -> None:
-        for request_id in list(self._requests):
-            self.abort_request(request_id)
+        self.abort_request(list(self._requests) + list(self._beam_groups))
         self.runner.release()
 

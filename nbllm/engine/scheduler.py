@@ -60,6 +60,11 @@ class Scheduler:
     def add_request(self, request: Request) -> None:
         self.waiting.append(request)
 
+    def add_running(self, request: Request) -> None:
+        """Admit a request that already holds its blocks (a forked beam)."""
+        request.status = RequestStatus.RUNNING
+        self.running.append(request)
+
     def has_unfinished_requests(self) -> bool:
         return bool(self.waiting or self.running)
 
@@ -90,6 +95,9 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             request = self.running[i]
             num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            if num_new == 0:  # a beam waiting for its group's selection
+                i += 1
+                continue
             if not self._allocate_or_preempt(request, num_new, out, scheduled_ids):
                 break  # the request preempted itself; everything after it is gone too
             out.block_copies += self.block_manager.copy_on_write(request, num_new)

@@ -58,6 +58,8 @@ class Request:
     metrics: RequestMetrics = None  # type: ignore[assignment]
     detokenizer: Optional[Any] = None  # engine/detokenizer.py's IncrementalDetokenizer
     bad_words_token_ids: list[list[int]] = field(default_factory=list)
+    beam_group_id: Optional[str] = None  # set for beams of a beam search
+    beam_candidates: Optional[list[tuple[int, float, int]]] = None  # a beam's proposals awaiting selection
 
     def __post_init__(self) -> None:
         self._all_token_ids = list(self.prompt_token_ids)
@@ -96,8 +98,20 @@ class Request:
         self.output_token_ids.append(token_id)
         self._all_token_ids.append(token_id)
 
+    def fork(self, request_id: str) -> "Request":
+        """A new request with this one's tokens and parameters but no KV blocks yet."""
+        child = Request(request_id=request_id, prompt_token_ids=self.prompt_token_ids,
+                        sampling_params=self.sampling_params, arrival_time=self.arrival_time,
+                        eos_token_ids=self.eos_token_ids, prompt=self.prompt, parent_id=self.parent_id,
+                        index=self.index, beam_group_id=self.beam_group_id)
+        child.output_token_ids = list(self.output_token_ids)
+        child._all_token_ids = list(self._all_token_ids)
+        child.cumulative_logprob = self.cumulative_logprob
+        return child
+
     def reset_for_recompute(self) -> None:
         """After preemption: the tokens stay, the KV cache is gone."""
         self.num_computed_tokens = 0
+        self.beam_candidates = None  # recomputation proposes them again
         self.status = RequestStatus.WAITING
         self.metrics.num_preemptions += 1
