@@ -1,0 +1,210 @@
+"""Flash-decoding over the paged KV cache: one query token per sequence.
+
+Same contract as ``paged_decode_attention_ref``. A sequence's context is cut into
+``num_splits`` runs of whole cache blocks so that long contexts spread over many
+programs even when the batch is small:
+
+1. ``_decode_split_kernel``, grid (sequence, query head, split): walks its run of
+   blocks through the block table with an online softmax and writes a normalized
+   partial output and its log-sum-exp.
+2. ``_decode_reduce_kernel``, grid (sequence, query head): merges the splits,
+   weighting each partial output by exp(its lse - the overall lse).
+
+Runs are cut per sequence (a sequence of n blocks gives each split ceil(n / num_splits)
+blocks), so a short sequence beside a long one leaves some of its splits empty; the
+reduction skips those. Query head h reads kv head h // (Hq // Hkv): MHA, GQA and MQA
+alike. Scores, softmax and sums are float32 whatever the cache dtype. A sequence of
+length 0 (a padding entry) gets a zero output.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from nbllm_kernels._checks import check_index, check_kv_cache, check_query, check_same_device
+
+LOG2_E = 1.4426950408889634
+# Automatic split choice: a split below this many tokens costs more to merge than it saves.
+MIN_TOKENS_PER_SPLIT = 256
+MAX_SPLITS = 16
+
+
+@triton.jit
+def _decode_split_kernel(
+    q_ptr,  # [B, Hq, D]
+    key_cache_ptr,  # [num_blocks, block_size, Hkv, D]
+    value_cache_ptr,  # [num_blocks, block_size, Hkv, D]
+    block_tables_ptr,  # [B, max_blocks_per_seq] int32
+    seq_lens_ptr,  # [B] int32
+    partial_out_ptr,  # [B, Hq, num_splits, D] float32, contiguous
+    partial_lse_ptr,  # [B, Hq, num_splits] float32 (base 2), contiguous
+    qk_scale,  # softmax scale * log2(e): the kernel works in base 2
+    stride_qb, stride_qh, stride_qd,
+    stride_cb, stride_cs, stride_ch, stride_cd,
+    stride_table_b, stride_table_i,
+    num_heads,
+    num_splits,
+    head_dim,
+    group_size,  # Hq // Hkv
+    BLOCK_SIZE: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    split = tl.program_id(2)
+    kv_head = head // group_size
+
+    seq_len = tl.load(seq_lens_ptr + seq)
+    num_seq_blocks = tl.cdiv(seq_len, BLOCK_SIZE)
+    blocks_per_split = tl.cdiv(num_seq_blocks, num_splits)
+    first_block = split * blocks_per_split
+    if first_block >= num_seq_blocks:
+        return
+    end_block = tl.minimum(first_block + blocks_per_split, num_seq_blocks)
+
+    dims = tl.arange(0, BLOCK_D)
+    dim_mask = dims < head_dim
+    offsets = tl.arange(0, BLOCK_SIZE)
+    q = tl.load(
+        q_ptr + seq * stride_qb + head * stride_qh + dims * stride_qd, mask=dim_mask, other=0.0
+    ).to(tl.float32)  # [BLOCK_D]
+
+    # Every block in the run holds at least one token, so m_i is finite after the first.
+    m_i = float("-inf")
+    l_i = 0.0
+    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for logical_block in range(first_block, end_block):
+        block = tl.load(
+            block_tables_ptr + seq * stride_table_b + logical_block * stride_table_i
+        ).to(tl.int64)
+        token_mask = logical_block * BLOCK_SIZE + offsets < seq_len  # [BLOCK_SIZE]
+        tile = (
+            block * stride_cb
+            + offsets[:, None] * stride_cs
+            + kv_head * stride_ch
+            + dims[None, :] * stride_cd
+        )  # [BLOCK_SIZE, BLOCK_D]
+        tile_mask = token_mask[:, None] & dim_mask[None, :]
+        k = tl.load(key_cache_ptr + tile, mask=tile_mask, other=0.0).to(tl.float32)
+        scores = tl.sum(q[None, :] * k, axis=1) * qk_scale  # [BLOCK_SIZE]
+        scores = tl.where(token_mask, scores, float("-inf"))
+
+        m_new = tl.maximum(m_i, tl.max(scores, axis=0))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(scores - m_new)  # [BLOCK_SIZE]
+        v = tl.load(value_cache_ptr + tile, mask=tile_mask, other=0.0).to(tl.float32)
+        acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
+        l_i = l_i * alpha + tl.sum(p, axis=0)
+        m_i = m_new
+
+    partial = (seq * num_heads + head) * num_splits + split
+    tl.store(partial_out_ptr + partial * head_dim + dims, acc / l_i, mask=dim_mask)
+    tl.store(partial_lse_ptr + partial, m_i + tl.log2(l_i))
+
+
+@triton.jit
+def _decode_reduce_kernel(
+    partial_out_ptr,  # [B, Hq, num_splits, D] float32, contiguous
+    partial_lse_ptr,  # [B, Hq, num_splits] float32 (base 2), contiguous
+    seq_lens_ptr,  # [B] int32
+    out_ptr,  # [B, Hq, D]
+    stride_ob, stride_oh, stride_od,
+    num_heads,
+    num_splits,
+    head_dim,
+    BLOCK_SIZE: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+
+    seq_len = tl.load(seq_lens_ptr + seq)
+    num_seq_blocks = tl.cdiv(seq_len, BLOCK_SIZE)
+    blocks_per_split = tl.maximum(tl.cdiv(num_seq_blocks, num_splits), 1)
+    used_splits = tl.cdiv(num_seq_blocks, blocks_per_split)
+
+    splits = tl.arange(0, BLOCK_S)
+    split_mask = splits < used_splits
+    dims = tl.arange(0, BLOCK_D)
+    dim_mask = dims < head_dim
+    first = (seq * num_heads + head) * num_splits
+
+    lse = tl.load(partial_lse_ptr + first + splits, mask=split_mask, other=float("-inf"))
+    # Clamped so that a sequence with no splits (length 0) never computes -inf - -inf.
+    lse_max = tl.maximum(tl.max(lse, axis=0), -1e30)
+    weights = tl.exp2(lse - lse_max)  # [BLOCK_S], 0 for unused splits
+    partial = tl.load(
+        partial_out_ptr + (first + splits[:, None]) * head_dim + dims[None, :],
+        mask=split_mask[:, None] & dim_mask[None, :],
+        other=0.0,
+    )  # [BLOCK_S, BLOCK_D]
+    total = tl.sum(weights, axis=0)
+    out = tl.sum(weights[:, None] * partial, axis=0) / tl.where(total > 0, total, 1.0)
+    tl.store(
+        out_ptr + seq * stride_ob + head * stride_oh + dims * stride_od,
+        out.to(out_ptr.dtype.element_ty),
+        mask=dim_mask,
+    )
+
+
+def choose_num_splits(max_seq_len: int) -> int:
+    """Splits for the longest context: one per MIN_TOKENS_PER_SPLIT tokens, at most MAX_SPLITS."""
+    return max(1, min(MAX_SPLITS, triton.cdiv(max_seq_len, MIN_TOKENS_PER_SPLIT)))
+
+
+def paged_decode_attention(
+    q: torch.Tensor,  # [B, Hq, D]
+    key_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+    value_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+    block_tables: torch.Tensor,  # [B, max_blocks_per_seq] int32
+    seq_lens: torch.Tensor,  # [B] int32
+    scale: float,
+    num_splits: int | None = None,
+) -> torch.Tensor:  # [B, Hq, D]
+    """Each sequence's single query attends to all of its ``seq_lens[b]`` cached tokens.
+
+    ``num_splits=None`` picks the split count from the longest context, which reads
+    ``seq_lens`` back to the host; pass it explicitly to avoid that synchronization
+    (e.g. when capturing CUDA graphs).
+    """
+    check_kv_cache(key_cache, value_cache)
+    check_query(q, key_cache)
+    batch, num_heads, head_dim = q.shape
+    check_index("block_tables", block_tables, (batch, None), torch.int32)
+    check_index("seq_lens", seq_lens, (batch,), torch.int32)
+    check_same_device(
+        q=q, key_cache=key_cache, value_cache=value_cache, block_tables=block_tables, seq_lens=seq_lens
+    )
+    if num_splits is None:
+        num_splits = choose_num_splits(int(seq_lens.max()) if batch else 0)
+    if num_splits < 1:
+        raise ValueError(f"num_splits must be at least 1, got {num_splits}")
+
+    out = torch.empty((batch, num_heads, head_dim), dtype=q.dtype, device=q.device)
+    if batch == 0:
+        return out
+    block_size, num_kv_heads = key_cache.shape[1:3]
+    partial_out = torch.empty(
+        (batch, num_heads, num_splits, head_dim), dtype=torch.float32, device=q.device
+    )
+    partial_lse = torch.empty((batch, num_heads, num_splits), dtype=torch.float32, device=q.device)
+    block_d = triton.next_power_of_2(head_dim)
+
+    _decode_split_kernel[(batch, num_heads, num_splits)](
+        q, key_cache, value_cache, block_tables, seq_lens, partial_out, partial_lse,
+        scale * LOG2_E,
+        *q.stride(), *key_cache.stride(), *block_tables.stride(),
+        num_heads, num_splits, head_dim, num_heads // num_kv_heads,
+        BLOCK_SIZE=block_size,
+        BLOCK_D=block_d,
+    )
+    _decode_reduce_kernel[(batch, num_heads)](
+        partial_out, partial_lse, seq_lens, out,
+        *out.stride(),
+        num_heads, num_splits, head_dim,
+        BLOCK_SIZE=block_size,
+        BLOCK_S=triton.next_power_of_2(num_splits),
+        BLOCK_D=block_d,
+    )
+    return out
