@@ -59,9 +59,8 @@ def make_workloads(tokenizer, quick: bool) -> dict:
     chat = tokenizer.apply_chat_template(
         [{"role": "user", "content": "Explain in a few words why the sky looks blue during the day, "
                                      "and why sunsets are often red or orange."}],
-        tokenize=True, add_generation_prompt=True)
-    if isinstance(chat, dict):
-        chat = chat["input_ids"]
+        tokenize=False, add_generation_prompt=True)
+    chat = tokenizer.encode(chat, add_special_tokens=False)
     return {
         "a": {"prompts": [prompt(128)], "max_tokens": [32 if quick else 128]},
         "b": {"prompts": [prompt(64) for _ in range(64)], "max_tokens": [16 if quick else 64] * 64},
