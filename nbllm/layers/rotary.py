@@ -77,7 +77,7 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, params: dict) -> torch.Tensor:
 
 
 class RotaryEmbedding(nn.Module):
-    """Applies rotary embeddings to q and k ([T, H, head_dim]) at given positions ([T])."""
+    """Rotary embeddings: `lookup` the tables for a step's positions once, `rotate` each layer's q/k."""
 
     def __init__(self, head_dim: int, max_position: int, params: dict,
                  partial_rotary_factor: float = 1.0):
@@ -110,18 +110,27 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos_cache", emb.cos() * scale, persistent=False)
         self.register_buffer("sin_cache", emb.sin() * scale, persistent=False)
 
-    def forward(self, positions: torch.Tensor, q: torch.Tensor,
-                k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cos = self.cos_cache[positions].unsqueeze(1).to(q.dtype)  # [T, 1, rot]
-        sin = self.sin_cache[positions].unsqueeze(1).to(q.dtype)
-        return self._rotate(q, cos, sin), self._rotate(k, cos, sin)
-
-    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        rot, rest = x[..., :self.rotary_dim], x[..., self.rotary_dim:]
+    def lookup(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and signed sin for these positions, [T, 1, rot]: computed once per step, shared by layers."""
+        cos = self.cos_cache[positions].unsqueeze(1).to(dtype)
+        sin = self.sin_cache[positions].unsqueeze(1).to(dtype)
         half = self.rotary_dim // 2
-        rotated = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
-        out = rot * cos + rotated * sin
-        return out if rest.shape[-1] == 0 else torch.cat((out, rest), dim=-1)
+        sign = torch.ones(self.rotary_dim, dtype=dtype, device=sin.device)
+        sign[:half] = -1
+        return cos, sin * sign
+
+    def rotate(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """x: [T, H, head_dim] -> x * cos + rotate_half(x) * sin.
+
+        rotate_half(x) = cat(-x2, x1) equals roll(x, half) times the sign folded into sin,
+        so the result is bit-identical to Hugging Face's formula with fewer operations.
+        """
+        cos, signed_sin = rope
+        if self.rotary_dim == x.shape[-1]:
+            return x * cos + x.roll(self.rotary_dim // 2, dims=-1) * signed_sin
+        rot, rest = x[..., :self.rotary_dim], x[..., self.rotary_dim:]
+        out = rot * cos + rot.roll(self.rotary_dim // 2, dims=-1) * signed_sin
+        return torch.cat((out, rest), dim=-1)
 
 
 def build_rotary(config: Any, head_dim: int, max_position: Optional[int] = None) -> RotaryEmbedding:

@@ -16,7 +16,7 @@ from nbllm.layers.activation import get_activation, silu_and_mul
 from nbllm.layers.attention import Attention, AttentionMetadata, KVCache
 from nbllm.layers.linear import FusedLinear
 from nbllm.layers.norm import RMSNorm
-from nbllm.layers.rotary import build_rotary
+from nbllm.layers.rotary import RotaryEmbedding, build_rotary
 from nbllm.models.weights import load_weights
 
 
@@ -33,19 +33,19 @@ class LlamaAttention(nn.Module):
         self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=o_bias)
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if qk_norm else None
-        self.rotary = build_rotary(config, self.head_dim)
         self.attn = Attention(self.num_heads, self.head_dim, self.num_kv_heads, self.head_dim ** -0.5)
 
-    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, kv_cache: KVCache,
-                meta: AttentionMetadata) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, rotary: RotaryEmbedding, rope: tuple[torch.Tensor, torch.Tensor],
+                kv_cache: KVCache, meta: AttentionMetadata) -> torch.Tensor:
         t = hidden.shape[0]
-        q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.reshape(t, self.num_heads, self.head_dim)  # [T, Hq, D]
-        k = k.reshape(t, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
+        qkv = self.qkv_proj(hidden)  # [T, (Hq + 2 Hkv) * D]
+        heads = self.num_heads + self.num_kv_heads
+        qk = qkv[:, :self.q_size + self.kv_size].view(t, heads, self.head_dim)  # [T, Hq + Hkv, D]
+        v = qkv[:, self.q_size + self.kv_size:].view(t, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary(positions, q, k)
-        out = self.attn(q.reshape(t, -1), k.reshape(t, -1), v.contiguous(), kv_cache, meta)
+            qk = torch.cat((self.q_norm(qk[:, :self.num_heads]), self.k_norm(qk[:, self.num_heads:])), dim=1)
+        qk = rotary.rotate(qk, rope)  # q and k rotated in one pass
+        out = self.attn(qk[:, :self.num_heads], qk[:, self.num_heads:], v, kv_cache, meta)
         return self.o_proj(out)
 
 
@@ -71,9 +71,9 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = LlamaMLP(config)
 
-    def forward(self, positions: torch.Tensor, hidden: torch.Tensor, kv_cache: KVCache,
-                meta: AttentionMetadata) -> torch.Tensor:
-        hidden = hidden + self.self_attn(positions, self.input_layernorm(hidden), kv_cache, meta)
+    def forward(self, hidden: torch.Tensor, rotary: RotaryEmbedding, rope: tuple[torch.Tensor, torch.Tensor],
+                kv_cache: KVCache, meta: AttentionMetadata) -> torch.Tensor:
+        hidden = hidden + self.self_attn(self.input_layernorm(hidden), rotary, rope, kv_cache, meta)
         return hidden + self.mlp(self.post_attention_layernorm(hidden))
 
 
@@ -84,12 +84,14 @@ class LlamaModel(nn.Module):
         self.layers = nn.ModuleList(
             [LlamaDecoderLayer(config, biases, qk_norm) for _ in range(config.num_hidden_layers)])
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.rotary = build_rotary(config, self.layers[0].self_attn.head_dim)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache],
                 meta: AttentionMetadata) -> torch.Tensor:
         hidden = self.embed_tokens(input_ids)  # [T, H]
+        rope = self.rotary.lookup(positions, hidden.dtype)  # once per step, for every layer
         for layer, kv_cache in zip(self.layers, kv_caches):
-            hidden = layer(positions, hidden, kv_cache, meta)
+            hidden = layer(hidden, self.rotary, rope, kv_cache, meta)
         return self.norm(hidden)
 
 
