@@ -151,3 +151,21 @@ def test_detokenizer_never_emits_half_a_character(tiny_llama_path):
     deltas = [detok.add_token(t) for t in ids]
     assert all("\ufffd" not in d for d in deltas)
     assert "".join(deltas) == tokenizer.decode(ids)
+
+
+def test_prompt_logprobs_survive_chunking_and_preemption(tiny_llama_path):
+    from nbllm import LLM
+
+    prompt = "Once upon a time there was a little model that lived in a notebook. The end."
+    params = SamplingParams(temperature=0, max_tokens=30, ignore_eos=True, prompt_logprobs=1)
+    with LLM(str(tiny_llama_path), block_size=8, num_kv_blocks=64) as llm:
+        reference = llm.generate(prompt, params, use_tqdm=False)[0]
+    # small chunks, and a pool so small that the two requests preempt each other
+    with LLM(str(tiny_llama_path), block_size=8, num_kv_blocks=12, max_num_batched_tokens=6) as llm:
+        outs = llm.generate([prompt, prompt + " Again"], params, use_tqdm=False)
+        assert llm.get_metrics().num_preemptions > 0
+    got = outs[0].prompt_logprobs
+    assert len(got) == len(reference.prompt_logprobs) == len(outs[0].prompt_token_ids)
+    for a, b in zip(got[1:], reference.prompt_logprobs[1:]):
+        assert a.keys() == b.keys()
+        assert [v.logprob for v in a.values()] == pytest.approx([v.logprob for v in b.values()], abs=1e-5)

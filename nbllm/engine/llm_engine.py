@@ -235,7 +235,7 @@ class LLMEngine:
             request = item.request
             result = results[id(request)]
             if result.prompt_logprobs is not None:
-                request.prompt_logprobs.extend(result.prompt_logprobs)
+                self._add_prompt_logprobs(request, result.prompt_logprobs)
             if result.token_id is None:
                 continue
             if request.beam_group_id is not None:
@@ -264,6 +264,19 @@ class LLMEngine:
                 self.metrics.requests_finished_total += 1
                 self.metrics.e2e_request_latency.observe(t1 - user.children[0].arrival_time)
         return outputs
+
+    @staticmethod
+    def _add_prompt_logprobs(request: Request, entries: list) -> None:
+        """Keep entries for prompt positions not seen yet (a preempted request recomputes its prompt).
+
+        A chunk's entries end at the last prompt position its logits predict:
+        min(num_computed_tokens, num_prompt_tokens - 1), counts already advanced.
+        """
+        end = min(request.num_computed_tokens, request.num_prompt_tokens - 1) + 1
+        first = end - len(entries)  # the prompt position of entries[0]
+        have = len(request.prompt_logprobs)
+        if have < end:
+            request.prompt_logprobs.extend(entries[max(0, have - first):])
 
     def _sampling_row(self, request: Request) -> SamplingRow:
         return SamplingRow(request.sampling_params, request.prompt_token_ids, request.output_token_ids,

@@ -31,7 +31,7 @@ class RequestStatus(enum.Enum):
                         RequestStatus.FINISHED_ABORTED)
 
 
-@dataclass
+@dataclass(eq=False)  # identity semantics: queues find and remove a request by what it is
 class Request:
     """A single sequence being generated (one completion of a user request)."""
 
