@@ -1,0 +1,125 @@
+"""The inline CSS and JavaScript of the HTML views, as plain constants.
+
+Nothing here loads anything: no URL, no require.js. The views are readable without
+the JavaScript (SVG <title> elements and title attributes give native tooltips);
+where scripts run (trusted output in JupyterLab, Notebook 7, VS Code), TOOLTIP_JS
+replaces those with a styled tooltip and BEAM_JS adds the beam view's extras.
+Each script body runs inside a function of `root`, the view's own element.
+"""
+
+TOOLTIP_CSS = """
+.nbllm-tip { position: absolute; display: none; z-index: 1000; pointer-events: none; max-width: 520px;
+  background: #fff; color: #111; border: 1px solid #888; border-radius: 4px; padding: 4px 7px;
+  box-shadow: 0 2px 8px rgba(0,0,0,.25); font: 11px/1.4 "DejaVu Sans Mono", Menlo, Consolas, monospace;
+  white-space: pre; text-align: left; }
+"""
+
+# Moves every title (SVG <title> child or title attribute) into data-tip, so the browser's
+# own tooltip does not double the styled one, then shows data-tip on hover, inside the view.
+TOOLTIP_JS = """
+var tip = document.createElement("div");
+tip.className = "nbllm-tip";
+root.appendChild(tip);
+root.querySelectorAll("title").forEach(function (t) {
+  t.parentNode.setAttribute("data-tip", t.textContent);
+  t.parentNode.removeChild(t);
+});
+root.querySelectorAll("[title]").forEach(function (el) {
+  el.setAttribute("data-tip", el.getAttribute("title"));
+  el.removeAttribute("title");
+});
+function showTip(el) {
+  tip.textContent = el.getAttribute("data-tip");
+  tip.style.display = "block";
+  var r = root.getBoundingClientRect(), b = el.getBoundingClientRect();
+  var w = tip.offsetWidth, h = tip.offsetHeight;
+  var left = Math.max(0, Math.min(b.left - r.left, root.clientWidth - w));
+  var top = b.bottom - r.top + 4;
+  if (top + h > root.clientHeight && b.top - r.top - h - 4 >= 0) top = b.top - r.top - h - 4;
+  // Output areas clip what overflows them: grow the view (once, by what is missing) to hold the tip.
+  var missing = top + h + 2 - root.clientHeight;
+  if (missing > 0) root.style.paddingBottom = (parseFloat(root.style.paddingBottom) || 0) + missing + "px";
+  tip.style.left = left + "px";
+  tip.style.top = top + "px";
+}
+root.addEventListener("mouseover", function (e) {
+  var el = e.target.closest("[data-tip]");
+  if (el) showTip(el);
+});
+root.addEventListener("mouseout", function (e) {
+  var el = e.target.closest("[data-tip]");
+  if (el && !el.contains(e.relatedTarget)) tip.style.display = "none";
+});
+"""
+
+BEAM_CSS = """
+.nbb { position: relative; color: #222; text-align: left;
+  font: 12px/1.45 -apple-system, "Segoe UI", "DejaVu Sans", Helvetica, Arial, sans-serif; }
+.nbb-head { margin: 2px 0 4px; }
+.nbb-legend { margin: 0 0 6px; color: #444; }
+.nbb-legend > span { display: inline-block; margin-right: 14px; white-space: nowrap; }
+.nbb-sw { display: inline-block; width: 22px; height: 9px; margin-right: 4px; vertical-align: middle;
+  border-radius: 2px; }
+.nbb-scroll { max-height: 480px; overflow: auto; border: 1px solid #d0d0d0; border-radius: 4px; background: #fff; }
+.nbb-canvas { position: relative; }
+.nbb .nbb-canvas > svg { display: block; max-width: none; }
+.nbb-node:hover rect { stroke: #000; stroke-width: 2px; }
+.nbb-more { cursor: pointer; }
+.nbb-more:hover text { fill: #000; }
+.nbb.nbb-hide-dead .nbb-dead { display: none; }
+.nbb button { font: inherit; margin-left: 10px; padding: 0 8px; cursor: pointer; }
+.nbb-card { position: absolute; z-index: 50; background: #fff; border: 1px solid #888; border-radius: 4px;
+  padding: 4px 7px; box-shadow: 0 2px 8px rgba(0,0,0,.25); white-space: pre; cursor: pointer;
+  font: 11px/1.4 "DejaVu Sans Mono", Menlo, Consolas, monospace; }
+.nbb .nbb-tbl { border-collapse: collapse; margin-top: 6px; border: none; }
+.nbb .nbb-tbl td, .nbb .nbb-tbl th { padding: 1px 8px; border: none; border-bottom: 1px solid #eee; background: none;
+  text-align: left; vertical-align: top; }
+.nbb .nbb-tbl td.nbb-num { text-align: right; font-variant-numeric: tabular-nums; }
+.nbb .nbb-tbl td.nbb-text { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; white-space: pre-wrap;
+  word-break: break-all; }
+"""
+
+# Extras: a pruned-candidates marker expands into a card listing them (click again to
+# close), and a button hides the branches that lead to no final sequence.
+BEAM_JS = """
+var canvas = root.querySelector(".nbb-canvas");
+root.addEventListener("click", function (e) {
+  var card = e.target.closest(".nbb-card");
+  if (card) { card.parentNode.removeChild(card); return; }
+  var more = e.target.closest(".nbb-more");
+  if (!more) return;
+  var open = canvas.querySelector('.nbb-card[data-for="' + more.getAttribute("data-parent") + '"]');
+  if (open) { open.parentNode.removeChild(open); return; }
+  card = document.createElement("div");
+  card.className = "nbb-card";
+  card.setAttribute("data-for", more.getAttribute("data-parent"));
+  card.textContent = more.getAttribute("data-tip");
+  card.style.left = more.getAttribute("data-x") + "px";
+  card.style.top = more.getAttribute("data-y") + "px";
+  canvas.appendChild(card);
+  tip.style.display = "none";
+});
+if (root.querySelector(".nbb-dead")) {
+  var button = document.createElement("button");
+  button.textContent = "hide dead branches";
+  button.addEventListener("click", function () {
+    var hidden = root.classList.toggle("nbb-hide-dead");
+    button.textContent = hidden ? "show dead branches" : "hide dead branches";
+  });
+  root.querySelector(".nbb-head").appendChild(button);
+}
+"""
+
+TOKEN_CSS = """
+.nbt { position: relative; color: #222; text-align: left;
+  font: 12px/1.45 -apple-system, "Segoe UI", "DejaVu Sans", Helvetica, Arial, sans-serif; }
+.nbt-head { margin: 2px 0 4px; color: #444; }
+.nbt-sw { display: inline-block; width: 60px; height: 9px; margin: 0 4px; vertical-align: middle; border-radius: 2px; }
+.nbt-text { font: 13px/1.9 "DejaVu Sans Mono", Menlo, Consolas, monospace; white-space: pre-wrap;
+  word-break: break-word; padding: 4px 6px; border: 1px solid #d0d0d0; border-radius: 4px; background: #fff;
+  max-height: 480px; overflow: auto; margin-bottom: 4px; }
+.nbt-prompt { color: #888; }
+.nbt-t { border-radius: 3px; padding: 1px 0; cursor: default; box-shadow: inset -1px 0 #fff; }
+.nbt-t:hover { outline: 2px solid #333; }
+.nbt-nl { color: #999; }
+"""
