@@ -18,6 +18,15 @@ __all__ = ["LLM", "load_chat_template", "EngineConfig", "SamplingParams", "BeamS
            "CompletionOutput", "Logprob", "RequestMetrics", "BeamSearchOutput", "BeamSearchSequence"]
 
 
+def __getattr__(name: str):
+    """Optional parts load on first use, so `import nbllm` needs neither httpx nor ipywidgets."""
+    if name in ("RemoteLLM", "RemoteError"):
+        from nbllm import remote
+
+        return getattr(remote, name)
+    raise AttributeError(f"module 'nbllm' has no attribute {name!r}")
+
+
 def load_ipython_extension(ipython):  # pragma: no cover - exercised through IPython
     from nbllm.notebook.magics import load_ipython_extension as load
 

@@ -230,6 +230,18 @@ class LLM:
             raise
         return streams
 
+    # ----------------------------------------------------------------- serving
+    def serve(self, host: str = "127.0.0.1", port: int = 8000, api_key: Optional[str] = None,
+              model_name: Optional[str] = None):
+        """Serve this engine over an OpenAI-compatible HTTP API from a background thread.
+
+        The notebook keeps using the engine meanwhile; both are batched together.
+        Returns a handle with `.url` and `.stop()`.
+        """
+        from nbllm.server import serve_in_background
+
+        return serve_in_background(self, host=host, port=port, api_key=api_key, model_name=model_name)
+
     # ----------------------------------------------------------------- lifetime
     def shutdown(self) -> None:
         """Stop the step loop and free the weights and KV pool."""

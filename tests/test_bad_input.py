@@ -106,3 +106,8 @@ def test_unknown_engine_argument(tiny_llama_path):
 def test_bad_engine_settings(tiny_llama_path, kwargs, words):
     with pytest.raises(ValueError, match=words):
         LLM(str(tiny_llama_path), **kwargs)
+
+
+def test_huge_top_k_is_clamped_to_the_vocabulary(tiny_llm):
+    out = tiny_llm.generate("Hello", SamplingParams(top_k=10**30, max_tokens=3, seed=0), use_tqdm=False)[0]
+    assert out.finished

@@ -161,8 +161,8 @@ def filter_logits(logits: torch.Tensor, top_k: list[int], top_p: list[float],
     device = logits.device
     neg_inf = float("-inf")
     if any(k > 0 for k in top_k):
-        k = torch.tensor([kk if kk > 0 else logits.shape[1] for kk in top_k], device=device)
-        k = k.clamp(max=logits.shape[1])
+        vocab = logits.shape[1]
+        k = torch.tensor([min(kk, vocab) if kk > 0 else vocab for kk in top_k], device=device)
         sorted_desc = logits.sort(dim=-1, descending=True).values
         kth = sorted_desc.gather(1, (k - 1)[:, None])
         logits = logits.masked_fill(logits < kth, neg_inf)

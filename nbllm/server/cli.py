@@ -1,0 +1,68 @@
+"""`nbllm serve [MODEL] [options]`: load an engine and serve it with uvicorn (127.0.0.1 unless --host).
+
+MODEL is a Hugging Face folder or GGUF file (default: the embedded default model).
+Engine options carry vLLM's flag names. Ctrl-C (SIGINT) or SIGTERM stops the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Optional, Sequence
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nbllm", description="nbllm: an LLM engine for notebooks, and its server")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve a model over vLLM's OpenAI-compatible HTTP API")
+    serve.add_argument("model", nargs="?", default=None, help="model folder or GGUF file (default: embedded model)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key", default=os.environ.get("NBLLM_API_KEY"),
+                       help="require 'Authorization: Bearer KEY' on every endpoint but /health "
+                            "(default: $NBLLM_API_KEY)")
+    serve.add_argument("--served-model-name", default=None, help="the model name clients send (default: MODEL)")
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    engine = serve.add_argument_group("engine options")
+    engine.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    engine.add_argument("--device", default="auto", help='"auto", "cpu", "cuda" or "cuda:N"')
+    engine.add_argument("--max-model-len", type=int, default=None)
+    engine.add_argument("--block-size", type=int, default=16)
+    engine.add_argument("--max-num-seqs", type=int, default=256)
+    engine.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    engine.add_argument("--kv-cache-memory-bytes", type=int, default=None)
+    engine.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    engine.add_argument("--no-enable-prefix-caching", dest="enable_prefix_caching", action="store_false")
+    engine.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in (
+        "dtype", "device", "max_model_len", "block_size", "max_num_seqs", "max_num_batched_tokens",
+        "kv_cache_memory_bytes", "gpu_memory_utilization", "enable_prefix_caching", "seed")}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    import uvicorn
+
+    from nbllm import LLM
+    from nbllm.server.app import build_app
+
+    try:
+        llm = LLM(args.model, **engine_kwargs(args))
+    except (ValueError, TypeError, OSError) as exc:  # a bad model path or engine option
+        print(f"nbllm serve: {exc}", file=sys.stderr)
+        return 2
+    try:
+        app = build_app(llm, args.served_model_name or args.model, args.api_key)
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    finally:
+        llm.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""HTTP for RemoteLLM: requests with retries, and the events of a server-sent stream.
+
+429, 5xx and refused connections are retried with exponential backoff (honouring
+Retry-After); a timeout is not retried, since the server is probably still working.
+401, 403 and 404 raise RemoteError: the call itself is refused, so every request
+would fail alike. Any other failure raises RowError, for the caller to report on
+that one request.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Iterator, Optional
+
+import httpx
+
+_MAX_RETRY_AFTER_S = 30.0
+
+
+class RemoteError(RuntimeError):
+    """The server refused the call itself (wrong key, unknown model or route), or is unreachable."""
+
+    def __init__(self, message: str, status: Optional[int] = None):
+        super().__init__(message)
+        self.status = status
+
+
+class RowError(Exception):
+    """One request failed for good; its row reports the message."""
+
+
+class RetryingClient:
+    def __init__(self, base_url: str, api_key: Optional[str], timeout: float, max_retries: int,
+                 retry_backoff_s: float, max_connections: int, transport: Optional[httpx.BaseTransport] = None):
+        if max_retries < 0:
+            raise ValueError(f"max_retries must be non-negative, got {max_retries}")
+        self.base_url, self.timeout = base_url, timeout
+        self.max_retries, self.retry_backoff_s = max_retries, retry_backoff_s
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(base_url=base_url, headers=headers, timeout=timeout, transport=transport,
+                                    limits=httpx.Limits(max_connections=max_connections))
+
+    def send(self, method: str, path: str, body: Optional[dict] = None, stream: bool = False) -> httpx.Response:
+        """A successful response (left open when streaming), after retries; RowError or RemoteError otherwise."""
+        failure = ""
+        for attempt in range(self.max_retries + 1):
+            delay = self.retry_backoff_s * 2 ** attempt
+            try:
+                response = self._client.send(self._client.build_request(method, path, json=body), stream=stream)
+            except httpx.TimeoutException:
+                raise RowError(f"{method} {path} timed out after {self.timeout}s") from None
+            except httpx.TransportError as exc:  # refused or reset: the server may be restarting
+                failure = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code < 400:
+                    return response
+                message = _error_message(response)
+                if response.status_code in (401, 403, 404):
+                    raise RemoteError(f"{method} {self.base_url}{path}: {response.status_code} {message}",
+                                      response.status_code)
+                if response.status_code != 429 and response.status_code < 500:
+                    raise RowError(f"{response.status_code} {message}")
+                failure = f"{response.status_code} {message}"
+                delay = _retry_after(response) or delay
+            if attempt < self.max_retries:
+                time.sleep(delay)
+        raise RowError(f"{method} {path} failed after {self.max_retries + 1} attempts: {failure}")
+
+    def call(self, method: str, path: str, body: Optional[dict] = None) -> httpx.Response:
+        """Like send, for calls that are not a row of a batch: every failure raises RemoteError."""
+        try:
+            return self.send(method, path, body)
+        except RowError as exc:
+            raise RemoteError(f"{self.base_url}: {exc}") from None
+
+    def close(self) -> None:
+        self._client.close()
+
+    @property
+    def is_closed(self) -> bool:
+        return self._client.is_closed
+
+
+def sse_events(response: httpx.Response) -> Iterator[dict[str, Any]]:
+    """The JSON events of a stream until `data: [DONE]`; an error event raises RowError."""
+    for line in response.iter_lines():
+        if not line.startswith("data:"):
+            continue
+        data = line[len("data:"):].strip()
+        if data == "[DONE]":
+            return
+        event = json.loads(data)
+        if isinstance(event, dict) and "error" in event:
+            raise RowError(error_text(event))
+        yield event
+
+
+def error_text(payload: Any) -> str:
+    """The message of an error body: OpenAI's {"error": {"message"}} or vLLM's older flat shape."""
+    if isinstance(payload, dict):
+        error = payload.get("error", payload)
+        if isinstance(error, dict) and "message" in error:
+            return str(error["message"])
+        return str(error)
+    return str(payload)
+
+
+def _error_message(response: httpx.Response) -> str:
+    """The error's message; closes the response (which may be a stream)."""
+    try:
+        response.read()
+        return error_text(response.json())
+    except ValueError:
+        return response.text[:500]
+    finally:
+        response.close()
+
+
+def _retry_after(response: httpx.Response) -> Optional[float]:
+    try:
+        return min(float(response.headers.get("retry-after", "")), _MAX_RETRY_AFTER_S)
+    except ValueError:
+        return None

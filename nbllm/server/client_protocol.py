@@ -1,0 +1,157 @@
+"""The client side of the protocol, for RemoteLLM: SamplingParams to request fields, responses to RequestOutputs.
+
+Only OpenAI's fields and vLLM's documented extras are sent, so nbllm's server and
+vLLM's both answer. Exact token ids come from vLLM's `return_token_ids` (vLLM
+0.10.2 and later) or, with logprobs, from `return_tokens_as_token_ids`; a server
+that ignores both leaves token_ids empty. `OutputBuilder` accumulates a full
+response or a stream of chunks into the cumulative RequestOutputs LLM returns.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from nbllm.outputs import CompletionOutput, Logprob, RequestOutput
+from nbllm.sampling_params import SamplingParams
+
+_EXTRAS = ("top_k", "min_p", "repetition_penalty", "stop_token_ids", "bad_words", "allowed_token_ids", "ignore_eos",
+           "min_tokens", "include_stop_str_in_output", "skip_special_tokens", "spaces_between_special_tokens",
+           "prompt_logprobs")
+_ID_PREFIX = "token_id:"
+
+
+def request_fields(params: Optional[SamplingParams], chat: bool) -> dict[str, Any]:
+    """The sampling fields of a request; None leaves the server's defaults but LLM's max_tokens."""
+    fields: dict[str, Any] = {"return_token_ids": True}
+    if params is None:
+        fields["max_tokens"] = SamplingParams().max_tokens
+        return fields
+    base = SamplingParams()
+    fields.update(n=params.n, temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_tokens,
+                  presence_penalty=params.presence_penalty, frequency_penalty=params.frequency_penalty)
+    if params.seed is not None:
+        fields["seed"] = params.seed
+    if params.stop:
+        fields["stop"] = list(params.stop)
+    if params.logit_bias:
+        fields["logit_bias"] = {str(token): bias for token, bias in params.logit_bias.items()}
+    fields.update({name: getattr(params, name) for name in _EXTRAS if getattr(params, name) != getattr(base, name)})
+    if params.logprobs is not None:
+        fields.update({"logprobs": True, "top_logprobs": params.logprobs} if chat else {"logprobs": params.logprobs})
+        fields["return_tokens_as_token_ids"] = True
+    return fields
+
+
+def _token_id(token: str) -> Optional[int]:
+    if token.startswith(_ID_PREFIX) and token[len(_ID_PREFIX):].lstrip("-").isdigit():
+        return int(token[len(_ID_PREFIX):])
+    return None
+
+
+def _entry(token: str, logprob: Optional[float], alternatives: list[tuple[str, float]],
+           fallback_id: Optional[int]) -> tuple[Optional[int], Optional[dict[int, Logprob]]]:
+    """One position's {token id: Logprob}: the chosen token, then the alternatives ranked 1, 2, ..."""
+    chosen = _token_id(token)
+    chosen = fallback_id if chosen is None else chosen
+    if chosen is None or logprob is None:
+        return chosen, None
+    ranked = sorted(alternatives, key=lambda item: -item[1])
+    ranks = {_token_id(t): r for r, (t, _) in enumerate(ranked, start=1)}
+    entry = {chosen: Logprob(logprob, ranks.get(chosen))}
+    for rank, (alt, value) in enumerate(ranked, start=1):
+        alt_id = _token_id(alt)
+        if alt_id is not None:
+            entry.setdefault(alt_id, Logprob(value, rank))
+    return chosen, entry
+
+
+def _parse_logprobs(logprobs: Optional[dict], token_ids: list[int]) -> tuple[list[int], list[dict[int, Logprob]]]:
+    """(token ids, entries) from either logprobs format; ids from the tokens when the server sent none."""
+    if not logprobs:
+        return token_ids, []
+    positions: list[tuple[str, Optional[float], list[tuple[str, float]]]] = []
+    if logprobs.get("content") is not None:  # chat
+        positions = [(c["token"], c["logprob"], [(t["token"], t["logprob"]) for t in c.get("top_logprobs") or []])
+                     for c in logprobs["content"]]
+    elif logprobs.get("tokens") is not None:  # completions
+        tops = logprobs.get("top_logprobs") or [None] * len(logprobs["tokens"])
+        positions = [(t, v, list((top or {}).items())) for t, v, top in
+                     zip(logprobs["tokens"], logprobs["token_logprobs"], tops)]
+    ids, entries = [], []
+    for i, (token, value, alternatives) in enumerate(positions):
+        chosen, entry = _entry(token, value, alternatives, token_ids[i] if i < len(token_ids) else None)
+        if chosen is not None:
+            ids.append(chosen)
+        if entry is not None:
+            entries.append(entry)
+    return (token_ids or (ids if len(ids) == len(positions) else [])), entries
+
+
+def _prompt_logprobs(raw: Optional[list]) -> Optional[list[Optional[dict[int, Logprob]]]]:
+    if raw is None:
+        return None
+    return [None if position is None else
+            {int(t): Logprob(v["logprob"], v.get("rank"), v.get("decoded_token")) for t, v in position.items()}
+            for position in raw]
+
+
+class OutputBuilder:
+    """One request's choices, accumulated from a response or from stream chunks."""
+
+    def __init__(self, prompt: Optional[str], n: int, want_logprobs: bool):
+        self.request_id = ""
+        self.prompt = prompt
+        self.prompt_token_ids: list[int] = []
+        self.prompt_logprobs: Optional[list] = None
+        self.num_cached_tokens = 0
+        self.want_logprobs = want_logprobs
+        self.choices = [CompletionOutput(index=i, text="", token_ids=[], cumulative_logprob=None,
+                                         logprobs=[] if want_logprobs else None) for i in range(n)]
+
+    @property
+    def finished(self) -> bool:
+        return all(c.finish_reason is not None for c in self.choices)
+
+    def add(self, event: dict) -> None:
+        """A whole response, or one stream chunk (choices carry deltas)."""
+        self.request_id = event.get("id") or self.request_id
+        self.prompt_token_ids = event.get("prompt_token_ids") or self.prompt_token_ids
+        if event.get("prompt_logprobs") is not None:
+            self.prompt_logprobs = _prompt_logprobs(event["prompt_logprobs"])
+        details = (event.get("usage") or {}).get("prompt_tokens_details") or {}
+        self.num_cached_tokens = details.get("cached_tokens") or self.num_cached_tokens
+        for choice in event.get("choices") or []:
+            self._add_choice(choice)
+
+    def _add_choice(self, choice: dict) -> None:
+        index = choice.get("index", 0)
+        if not 0 <= index < len(self.choices):
+            return
+        out = self.choices[index]
+        message = choice.get("message") or choice.get("delta") or {}
+        out.text += choice.get("text") or message.get("content") or ""
+        self.prompt_token_ids = choice.get("prompt_token_ids") or self.prompt_token_ids
+        if choice.get("prompt_logprobs") is not None:
+            self.prompt_logprobs = _prompt_logprobs(choice["prompt_logprobs"])
+        token_ids, entries = _parse_logprobs(choice.get("logprobs"), list(choice.get("token_ids") or []))
+        out.token_ids.extend(token_ids)
+        if self.want_logprobs and out.logprobs is not None and entries:
+            out.logprobs.extend(entries)
+            new = sum(e[t].logprob for t, e in zip(token_ids, entries) if t in e)
+            out.cumulative_logprob = (out.cumulative_logprob or 0.0) + new
+        if choice.get("finish_reason") is not None:
+            out.finish_reason = choice["finish_reason"]
+            out.stop_reason = choice.get("stop_reason")
+
+    def output(self, force_finish: Optional[str] = None, reason: Optional[str] = None) -> RequestOutput:
+        """A snapshot (copies, as LLM's cumulative outputs are); force_finish ends unfinished choices."""
+        outputs = []
+        for c in self.choices:
+            finish, stop = (c.finish_reason, c.stop_reason) if c.finish_reason or not force_finish \
+                else (force_finish, reason)
+            outputs.append(CompletionOutput(c.index, c.text, list(c.token_ids), c.cumulative_logprob,
+                                            list(c.logprobs) if c.logprobs is not None else None, finish, stop))
+        return RequestOutput(request_id=self.request_id, prompt=self.prompt,
+                             prompt_token_ids=list(self.prompt_token_ids), prompt_logprobs=self.prompt_logprobs,
+                             outputs=outputs, finished=force_finish is not None or self.finished,
+                             num_cached_tokens=self.num_cached_tokens)
