@@ -143,7 +143,8 @@ class ModelRunner:
                 sample_index.append(offset - 1)
                 sample_rows.append((key, rows[key]))
         if sample_rows:
-            logits = self.model.compute_logits(hidden[torch.tensor(sample_index, device=self.device)])
+            index = torch.tensor(sample_index, device=self.device)
+            logits = self.model.compute_logits(hidden.index_select(0, index))
             sampled = self.sampler(logits[:, :self.vocab_size], [row for _, row in sample_rows])
             for i, (key, _) in enumerate(sample_rows):
                 result = results[key]

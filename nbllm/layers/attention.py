@@ -109,7 +109,7 @@ class TorchAttentionBackend:
             if slots is None:
                 keys, values = k[start:end], v[start:end]
             else:
-                keys, values = k_flat[slots], v_flat[slots]
+                keys, values = k_flat.index_select(0, slots), v_flat.index_select(0, slots)
             out[start:end] = self._prefill(q[start:end], keys, values, scale)
             start = end
         return out
@@ -118,10 +118,11 @@ class TorchAttentionBackend:
     def _decode(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Tensor,
                 meta: AttentionMetadata, scale: float) -> torch.Tensor:
         slots = meta.extras["decode_slots"]  # [Bd, L]
-        keys = k_flat[slots].transpose(1, 2)  # [Bd, Hkv, L, D]
-        values = v_flat[slots].transpose(1, 2)
         bd, hq, d = q.shape
-        hkv = keys.shape[1]
+        hkv = k_flat.shape[1]
+        # index_select, not advanced indexing: aten::index costs time proportional to the whole pool here
+        keys = k_flat.index_select(0, slots.flatten()).view(bd, -1, hkv, d).transpose(1, 2)  # [Bd, Hkv, L, D]
+        values = v_flat.index_select(0, slots.flatten()).view(bd, -1, hkv, d).transpose(1, 2)
         # Group query heads by their kv head: [Bd, Hkv, G, D]; no repeat of keys needed.
         qg = q.view(bd, hkv, hq // hkv, d)
         out = F.scaled_dot_product_attention(qg, keys, values, attn_mask=meta.extras["decode_mask"], scale=scale)

@@ -112,8 +112,8 @@ class RotaryEmbedding(nn.Module):
 
     def lookup(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and signed sin for these positions, [T, 1, rot]: computed once per step, shared by layers."""
-        cos = self.cos_cache[positions].unsqueeze(1).to(dtype)
-        sin = self.sin_cache[positions].unsqueeze(1).to(dtype)
+        cos = self.cos_cache.index_select(0, positions).unsqueeze(1).to(dtype)
+        sin = self.sin_cache.index_select(0, positions).unsqueeze(1).to(dtype)
         half = self.rotary_dim // 2
         sign = torch.ones(self.rotary_dim, dtype=dtype, device=sin.device)
         sign[:half] = -1

@@ -53,15 +53,11 @@ class Sampler:
         logits = self._apply_constraints(logits, rows)
         logits = self._apply_penalties(logits, rows)
 
-        greedy = [i for i, r in enumerate(rows) if r.params.is_greedy]
         sampled = [i for i, r in enumerate(rows) if not r.params.is_greedy]
-        token_ids = torch.empty(len(rows), dtype=torch.long, device=logits.device)
-        if greedy:
-            index = torch.tensor(greedy, device=logits.device)
-            token_ids[index] = logits[index].argmax(dim=-1)
+        token_ids = logits.argmax(dim=-1)  # greedy rows are done; sampled rows are overwritten below
         if sampled:
             index = torch.tensor(sampled, device=logits.device)
-            token_ids[index] = self._sample(logits[index], [rows[i] for i in sampled])
+            token_ids.index_copy_(0, index, self._sample(logits.index_select(0, index), [rows[i] for i in sampled]))
 
         chosen = raw_logprobs.gather(1, token_ids[:, None]).squeeze(1)
         top = self._top_logprobs(raw_logprobs, token_ids, chosen, rows)
@@ -123,8 +119,9 @@ class Sampler:
         noise = torch.empty_like(probs)
         unseeded = [i for i, r in enumerate(rows) if r.generator is None]
         if unseeded:
-            noise[unseeded] = torch.empty(len(unseeded), probs.shape[1], device=device).exponential_(
+            draws = torch.empty(len(unseeded), probs.shape[1], device=device).exponential_(
                 generator=self.default_generator)
+            noise.index_copy_(0, torch.tensor(unseeded, device=device), draws)
         for i, row in enumerate(rows):
             if row.generator is not None:
                 noise[i] = torch.empty(probs.shape[1], device=device).exponential_(generator=row.generator)

@@ -1,0 +1,223 @@
+"""The IPython extension: `%nbllm` (load, status, unload, connect, monitor) and `%%generate`.
+
+`%load_ext nbllm` registers NbllmMagics on the shell. Every magic uses the shell's
+one EngineSession (see session.py). A bad option raises UsageError carrying the
+usage text; a bad value for the engine or the sampler does too, with its message.
+"""
+
+from __future__ import annotations
+
+import inspect
+import keyword
+import os
+import shlex
+import time
+from typing import Any, Callable, Optional
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_arguments
+
+from nbllm.notebook import generate_cell
+from nbllm.notebook.engine_status import engine_status
+from nbllm.notebook.requests import default_params
+from nbllm.notebook.session import EngineSession, session_for
+from nbllm.sampling_params import RequestOutputKind, SamplingParams
+
+DEFAULT_MAX_TOKENS = 128
+_LOAD_OPTIONS = {  # EngineConfig fields that %nbllm load takes as --options, with their types
+    "dtype": str, "device": str, "max_model_len": int, "block_size": int, "num_kv_blocks": int,
+    "kv_cache_memory_bytes": int, "max_num_seqs": int, "max_num_batched_tokens": int,
+    "attention_backend": str, "seed": int, "num_threads": int,
+}
+
+
+def load_ipython_extension(ip: Any) -> None:
+    """Register the magics (`%load_ext nbllm`); the shell gets its EngineSession on first use."""
+    ip.register_magics(NbllmMagics)
+
+
+def _parse(parser: MagicArgumentParser, line: str) -> Any:
+    """Parse like a shell would (quotes removed, unlike IPython's own splitting); UsageError with the help."""
+    try:
+        return parser.parse_args(shlex.split(line))
+    except (UsageError, ValueError) as exc:
+        raise UsageError(f"{exc}\n\n{parser.format_help()}") from None
+
+
+def _load_parser() -> MagicArgumentParser:
+    parser = MagicArgumentParser(prog="nbllm load", description="Load (or replace) the kernel's engine.")
+    parser.add_argument("model", nargs="?", default=None,
+                        help="a Hugging Face folder or .gguf file; nothing loads the default model")
+    for name, kind in _LOAD_OPTIONS.items():
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None)
+    parser.add_argument("--no-prefix-caching", action="store_true", help="disable automatic prefix caching")
+    return parser
+
+
+def _connect_parser() -> MagicArgumentParser:
+    parser = MagicArgumentParser(prog="nbllm connect",
+                                 description="Use an OpenAI-compatible server as the kernel's engine.")
+    parser.add_argument("url", help="the server's base URL, e.g. http://127.0.0.1:8000/v1")
+    parser.add_argument("--api-key", default=None)
+    parser.add_argument("--model", default=None, help="the served model's name")
+    return parser
+
+
+def _monitor_parser() -> MagicArgumentParser:
+    parser = MagicArgumentParser(prog="nbllm monitor", description="Show a live KV-cache monitor.")
+    parser.add_argument("--interval", type=float, default=0.25, help="seconds between updates")
+    return parser
+
+
+def _no_argument_parser(command: str) -> MagicArgumentParser:
+    return MagicArgumentParser(prog=f"nbllm {command}")
+
+
+@magics_class
+class NbllmMagics(Magics):
+    """`%nbllm` manages the kernel's engine; `%%generate` runs the cell as a prompt."""
+
+    @property
+    def session(self) -> EngineSession:
+        return session_for(self.shell)
+
+    # ------------------------------------------------------------------ %nbllm
+    @line_magic
+    def nbllm(self, line: str) -> Any:
+        """Manage the kernel's engine. Usage:
+
+        %nbllm load [MODEL] [--dtype D] [--max-model-len N] [--num-kv-blocks N] [...]
+        %nbllm status
+        %nbllm unload
+        %nbllm connect URL [--api-key KEY] [--model NAME]
+        %nbllm monitor [--interval SECONDS]
+        """
+        command, _, rest = line.strip().partition(" ")
+        commands: dict[str, Callable[[str], Any]] = {
+            "load": self._load, "status": self._status, "unload": self._unload,
+            "connect": self._connect, "monitor": self._monitor}
+        if command not in commands:
+            what = f"unknown command {command!r}" if command else "a command is needed"
+            raise UsageError(f"%nbllm: {what}. {inspect.cleandoc(self.nbllm.__doc__ or '')}")
+        return commands[command](rest)
+
+    def _load(self, rest: str) -> None:
+        parser = _load_parser()
+        args = _parse(parser, rest)
+        kwargs = {name: getattr(args, name) for name in _LOAD_OPTIONS if getattr(args, name) is not None}
+        if args.no_prefix_caching:
+            kwargs["enable_prefix_caching"] = False
+        start = time.perf_counter()
+        try:
+            llm = self.session.load(os.path.expanduser(args.model) if args.model else None, **kwargs)
+        except (ValueError, TypeError) as exc:
+            raise UsageError(f"%nbllm load: {exc}\n\n{parser.format_help()}") from None
+        metrics = llm.get_metrics()
+        print(f"Loaded {llm.model_name} in {time.perf_counter() - start:.1f}s: "
+              f"{metrics.num_blocks_total} KV blocks of {metrics.block_size} tokens")
+
+    def _status(self, rest: str) -> Any:
+        _parse(_no_argument_parser("status"), rest)
+        engine = self.session.engine
+        if engine is None:
+            print("No engine loaded; the first use loads the default model (or run %nbllm load).")
+            return None
+        return engine_status(engine)
+
+    def _unload(self, rest: str) -> None:
+        _parse(_no_argument_parser("unload"), rest)
+        print("Engine unloaded." if self.session.unload() else "No engine was loaded.")
+
+    def _connect(self, rest: str) -> None:
+        args = _parse(_connect_parser(), rest)
+        from nbllm.remote import RemoteLLM
+
+        options = {name: value for name, value in (("api_key", args.api_key), ("model", args.model)) if value}
+        self.session.set_engine(RemoteLLM(args.url, **options), owned=True)
+        print(f"Connected to {args.url}")
+
+    def _monitor(self, rest: str) -> Any:
+        args = _parse(_monitor_parser(), rest)
+        from nbllm.notebook.kv_monitor import KVCacheMonitor
+
+        try:
+            return KVCacheMonitor(self.session.get_engine(), interval=args.interval)
+        except ValueError as exc:
+            raise UsageError(f"%nbllm monitor: {exc}") from None
+
+    # ------------------------------------------------------------------ %%generate
+    @magic_arguments(name="%generate")  # the usage line adds the other "%"
+    @argument("--max-tokens", type=int, default=None, help=f"tokens per completion (default {DEFAULT_MAX_TOKENS})")
+    @argument("--temperature", type=float, default=None)
+    @argument("--top-p", type=float, default=None)
+    @argument("--top-k", type=int, default=None)
+    @argument("--seed", type=int, default=None)
+    @argument("--stop", action="append", default=None, help="a stop string (repeatable; \\n and \\t allowed)")
+    @argument("-n", type=int, default=None, help="completions per prompt")
+    @argument("--chat", action="store_true", help="apply the model's chat template")
+    @argument("--system", default=None, help="a system message (implies --chat)")
+    @argument("--beams", type=int, default=None, metavar="K", help="beam search with K beams; shows the tree")
+    @argument("--logprobs", type=int, nargs="?", const=5, default=None, metavar="K",
+              help="show the token-probability view (top K alternatives, default 5)")
+    @argument("--format", choices=generate_cell.FORMATS, default="text", help="how to show the text")
+    @argument("--out", default=None, metavar="NAME", help="store the result in this variable")
+    @argument("--llm", default=None, metavar="NAME", help="a variable holding the engine to use")
+    @cell_magic
+    def generate(self, line: str, cell: str) -> Any:
+        """Generate from the cell body; `---` lines separate prompts run as one batch."""
+        parser = self.generate.parser
+        args = _parse(parser, line)
+        if args.out is not None and (not args.out.isidentifier() or keyword.iskeyword(args.out)):
+            raise UsageError(f"%%generate: --out needs a variable name, got {args.out!r}\n\n{parser.format_help()}")
+        if args.beams is not None and (args.n not in (None, 1) or args.logprobs is not None):
+            raise UsageError(f"%%generate: --beams cannot be combined with -n or --logprobs\n\n{parser.format_help()}")
+        namespace = self.shell.user_ns
+        prompts = [generate_cell.interpolate(p, namespace) for p in generate_cell.split_prompts(cell)]
+        llm = self._engine_named(args.llm)
+        chat = args.chat or args.system is not None
+        max_tokens = DEFAULT_MAX_TOKENS if args.max_tokens is None else args.max_tokens
+        if args.beams is not None:
+            try:
+                outputs = generate_cell.run_beam_search(llm, prompts, args.beams, max_tokens, chat, args.system)
+            except (ValueError, TypeError) as exc:
+                raise UsageError(f"%%generate: {exc}\n\n{parser.format_help()}") from None
+            result: Any = outputs[0] if len(outputs) == 1 else outputs
+        else:
+            params = self._sampling_params(llm, args, max_tokens, parser)
+            finals, texts = generate_cell.stream_into_output(llm, prompts, params, args.format, chat, args.system)
+            if args.logprobs is not None:
+                generate_cell.show_token_probabilities(finals)
+            if args.format == "code":
+                self.shell.set_next_input(generate_cell.code_of(texts[0][0]), replace=False)
+            result = generate_cell.result_value(texts)
+        if args.out is None:
+            return None
+        namespace[args.out] = result
+        return result
+
+    def _engine_named(self, name: Optional[str]) -> Any:
+        if name is None:
+            return self.session.get_engine()
+        if name not in self.shell.user_ns:
+            raise UsageError(f"%%generate: --llm names {name!r}, but no variable of that name is defined")
+        return self.shell.user_ns[name]
+
+    @staticmethod
+    def _sampling_params(llm: Any, args: Any, max_tokens: int, parser: MagicArgumentParser) -> SamplingParams:
+        changes: dict[str, Any] = {"max_tokens": max_tokens, "output_kind": RequestOutputKind.CUMULATIVE}
+        for field, value in (("temperature", args.temperature), ("top_p", args.top_p), ("top_k", args.top_k),
+                             ("seed", args.seed), ("n", args.n), ("logprobs", args.logprobs)):
+            if value is not None:
+                changes[field] = value
+        if args.stop:
+            changes["stop"] = [_unescape(s) for s in args.stop]
+        try:
+            return default_params(llm).updated(**changes)
+        except (ValueError, TypeError) as exc:
+            raise UsageError(f"%%generate: {exc}\n\n{parser.format_help()}") from None
+
+
+def _unescape(text: str) -> str:
+    """Turn the escapes \\n, \\t and \\\\ typed in a magic's line into the characters."""
+    return text.replace("\\\\", "\0").replace("\\n", "\n").replace("\\t", "\t").replace("\0", "\\")
