@@ -14,7 +14,8 @@ from nbllm.sampling_params import BeamSearchParams, RequestOutputKind, SamplingP
 
 __version__ = "0.1.0"
 
-__all__ = ["LLM", "load_chat_template", "EngineConfig", "SamplingParams", "BeamSearchParams", "RequestOutputKind", "RequestOutput",
+__all__ = ["LLM", "load_chat_template", "RemoteLLM", "ChatPanel", "KVCacheMonitor", "plot_kv_usage",
+           "generate_dataframe", "EngineConfig", "SamplingParams", "BeamSearchParams", "RequestOutputKind", "RequestOutput",
            "CompletionOutput", "Logprob", "RequestMetrics", "BeamSearchOutput", "BeamSearchSequence"]
 
 
@@ -24,6 +25,10 @@ def __getattr__(name: str):
         from nbllm import remote
 
         return getattr(remote, name)
+    if name in ("ChatPanel", "KVCacheMonitor", "plot_kv_usage", "generate_dataframe"):
+        from nbllm import notebook
+
+        return getattr(notebook, name)
     raise AttributeError(f"module 'nbllm' has no attribute {name!r}")
 
 

@@ -1,0 +1,114 @@
+"""KVCacheMonitor updates while the engine works and stops with close() or the engine; plot_kv_usage."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+import pytest
+from nb_fakes import wait_until
+
+from nbllm import LLM, SamplingParams
+from nbllm.notebook.kv_monitor import KVCacheMonitor
+from nbllm.notebook.kv_render import BLOCK_COLOURS, KVSample, block_grid_html, png_bytes
+from nbllm.notebook.plots import plot_kv_usage
+
+matplotlib.use("Agg")
+
+
+def test_monitor_follows_a_generation_and_stops_on_close(tiny_llm):
+    monitor = KVCacheMonitor(tiny_llm, interval=0.01)
+    pictures = []
+    monitor.view.observe(lambda change: pictures.append(change["new"]), names="value")
+    try:
+        stream = tiny_llm.stream(["Once upon a time"] * 4, SamplingParams(max_tokens=240, ignore_eos=True))
+        seen_busy = wait_until(lambda: any(s.num_requests_running == 4 for s in monitor.history), timeout=10)
+        for _ in stream:
+            pass
+        assert seen_busy, monitor.history
+        assert wait_until(lambda: monitor.history[-1].num_requests_running == 0)
+    finally:
+        monitor.close()
+    assert max(s.kv_cache_usage_perc for s in monitor.history) > 0
+    assert len(set(pictures)) >= 3, "the picture changed during the generation"
+    assert "<svg" in pictures[-1] and "data:image/png;base64," in pictures[-1] and "4 running" in "".join(pictures)
+    assert not monitor.running
+
+
+class FrozenEngine:
+    """An idle engine whose metrics never change."""
+
+    is_running = True
+
+    def __init__(self, snapshot):
+        self.snapshot = snapshot
+
+    def get_metrics(self):
+        return self.snapshot
+
+
+def test_idle_engine_is_not_redrawn(tiny_llm):
+    monitor = KVCacheMonitor(FrozenEngine(tiny_llm.get_metrics()), interval=10)
+    try:
+        assert wait_until(lambda: len(monitor.history) == 1)
+        assert monitor.update() is False and len(monitor.history) == 1
+    finally:
+        monitor.close()
+
+
+def test_monitor_stops_when_the_engine_shuts_down(tiny_llama_path):
+    llm = LLM(str(tiny_llama_path), num_kv_blocks=16, block_size=8)
+    monitor = KVCacheMonitor(llm, interval=0.01)
+    assert wait_until(lambda: monitor.history)
+    llm.shutdown()
+    assert wait_until(lambda: not monitor.running, timeout=5)
+    assert "monitor stopped" in monitor.view.value
+    monitor.close()
+
+
+class BrokenMetrics:
+    is_running = True
+
+    def get_metrics(self):
+        raise ConnectionError("server went away")
+
+
+def test_metric_errors_show_in_the_widget():
+    monitor = KVCacheMonitor(BrokenMetrics(), interval=0.01)
+    try:
+        assert wait_until(lambda: "server went away" in monitor.view.value)
+        assert monitor.running
+    finally:
+        monitor.close()
+
+
+def test_interval_must_be_positive(tiny_llm):
+    with pytest.raises(ValueError, match="interval"):
+        KVCacheMonitor(tiny_llm, interval=0)
+
+
+def test_block_grid_is_one_pixel_per_block():
+    import matplotlib.image
+
+    states = ["used", "cached", "free"] * 30
+    image = matplotlib.image.imread(io.BytesIO(png_bytes(3, 1, [BLOCK_COLOURS[s] for s in states[:3]])))
+    assert image.shape == (1, 3, 3)
+    assert tuple(round(c * 255) for c in image[0, 0]) == BLOCK_COLOURS["used"]
+    assert 'width="' in block_grid_html(states) and "image-rendering: pixelated" in block_grid_html(states)
+
+
+def sample(t: float, usage: float) -> KVSample:
+    return KVSample(timestamp=t, kv_cache_usage_perc=usage, num_blocks_used=0, num_blocks_cached=0,
+                    num_requests_running=0, num_requests_waiting=0, num_preemptions=0, tokens_per_second=0.0)
+
+
+def test_plot_kv_usage_draws_usage_and_thresholds(tiny_llm):
+    history = [sample(100.0, 0.1), sample(100.5, 0.5), sample(101.0, 0.95)]
+    ax = plot_kv_usage(history)
+    usage_line = ax.get_lines()[0]
+    assert list(usage_line.get_xdata()) == [0.0, 0.5, 1.0] and list(usage_line.get_ydata()) == [10.0, 50.0, 95.0]
+    assert sorted(line.get_ydata()[0] for line in ax.get_lines()[1:]) == [90, 98]
+    snapshots = [tiny_llm.get_metrics(), tiny_llm.get_metrics()]
+    assert len(plot_kv_usage(snapshots).get_lines()[0].get_xdata()) == 2  # MetricsSnapshot works as well
+    with pytest.raises(ValueError, match="empty"):
+        plot_kv_usage([])

@@ -1,0 +1,51 @@
+"""The notebooks in notebooks/ run top to bottom under nbclient with a real kernel and the real model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+WIDGET = "application/vnd.jupyter.widget-view+json"
+
+
+def execute(path: Path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(path, as_version=4)
+    NotebookClient(notebook, timeout=300, kernel_name="python3", store_widget_state=True,
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    return notebook
+
+
+def outputs_of(cell) -> list[dict]:
+    return [o for o in cell.get("outputs", [])]
+
+
+def text_of(cell) -> str:
+    parts = []
+    for output in outputs_of(cell):
+        parts.append(output.get("text", ""))
+        parts.append(output.get("data", {}).get("text/plain", ""))
+    return "".join(parts)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_notebook_tour_runs_top_to_bottom():
+    notebook = execute(NOTEBOOKS / "notebook_tour.ipynb")
+    cells = [c for c in notebook.cells if c.cell_type == "code"]
+    for cell in cells:
+        assert not [o for o in outputs_of(cell) if o["output_type"] == "error"], cell.source
+    by_source = {cell.source.splitlines()[0]: cell for cell in cells}
+    assert "Loaded SmolLM2-135M-Instruct" in text_of(by_source["%load_ext nbllm"])
+    assert "Paris" in text_of(by_source["%%generate --chat --temperature 0 --max-tokens 24 --out answer"])
+    batch = text_of(by_source["%%generate --temperature 0 --max-tokens 12"])
+    assert "[prompt 1]" in batch and "[prompt 2]" in batch
+    widgets = [c for c in cells if any(WIDGET in o.get("data", {}) for o in outputs_of(c))]
+    assert len(widgets) >= 2, "the chat panel and the monitor are widget views"
+    assert "100 of 100 rows answered" in text_of(by_source["import pandas as pd"])
+    assert any("image/png" in o.get("data", {}) for o in outputs_of(cells[-1])), "plot_kv_usage drew a figure"
+    assert "widgets" in notebook.metadata and "application/vnd.jupyter.widget-state+json" in notebook.metadata.widgets
