@@ -7,19 +7,12 @@ import time
 
 import pytest
 
+from engine_testing import wait_idle
 from nbllm import LLM, RequestOutputKind, SamplingParams
 
 LONG = SamplingParams(temperature=0, max_tokens=200, ignore_eos=True)
 
 
-def _wait_idle(llm, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        m = llm.get_metrics()
-        if m.num_requests_running == 0 and m.num_requests_waiting == 0 and m.num_blocks_used == 0:
-            return m
-        time.sleep(0.02)
-    raise AssertionError(f"engine not idle: {llm.get_metrics()}")
 
 
 def test_stream_yields_growing_text_then_finishes(tiny_llm):
@@ -44,7 +37,7 @@ def test_closing_a_stream_early_aborts_it(tiny_llm):
     stream = tiny_llm.stream("Once upon a time", LONG)
     next(stream)
     stream.close()
-    _wait_idle(tiny_llm)
+    wait_idle(tiny_llm)
 
 
 def test_abort_frees_blocks_and_reports_abort(tiny_llm):
@@ -53,7 +46,7 @@ def test_abort_frees_blocks_and_reports_abort(tiny_llm):
     tiny_llm.abort(handle.request_id)
     final = handle.result()
     assert final.finished and final.outputs[0].finish_reason == "abort"
-    _wait_idle(tiny_llm)
+    wait_idle(tiny_llm)
 
 
 def test_keyboard_interrupt_during_generate_leaves_engine_usable(tiny_llm):
@@ -63,7 +56,7 @@ def test_keyboard_interrupt_during_generate_leaves_engine_usable(tiny_llm):
         tiny_llm.generate(["Once upon a time"] * 4, SamplingParams(temperature=0, max_tokens=4000 // 20,
                                                                   ignore_eos=True), use_tqdm=False)
     timer.cancel()
-    _wait_idle(tiny_llm)
+    wait_idle(tiny_llm)
     out = tiny_llm.generate("Hello", SamplingParams(temperature=0, max_tokens=3), use_tqdm=False)[0]
     assert out.finished
 
@@ -88,7 +81,7 @@ def test_callers_in_several_threads_are_batched_together(tiny_llm):
         time.sleep(0.005)
     assert [results[i] for i in range(len(prompts))] == expected
     assert max(seen_running) >= 2  # they really ran in one batch
-    _wait_idle(tiny_llm)
+    wait_idle(tiny_llm)
 
 
 def test_soak_random_requests_and_aborts(tiny_llama_path):
@@ -119,7 +112,7 @@ def test_soak_random_requests_and_aborts(tiny_llama_path):
                 else:
                     assert completion.finish_reason in ("stop", "length"), completion
                     assert 1 <= len(completion.token_ids) <= 24
-        metrics = _wait_idle(llm)
+        metrics = wait_idle(llm)
         assert metrics.num_preemptions > 0  # the pool was small enough to force preemption
         bm = llm.llm_engine.block_manager
         assert bm.num_free_blocks == bm.num_usable_blocks
