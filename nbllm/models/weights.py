@@ -1,6 +1,7 @@
 """Copying checkpoint tensors into a model's parameters by Hugging Face name.
 
-A model may fuse several checkpoint projections into one parameter; it declares
+Tensors of the right dtype are adopted as parameters rather than copied. A model
+may fuse several checkpoint projections into one parameter; it declares
 `packed_modules = {"q_proj": ("qkv_proj", 0), ...}` and the fused module's
 `load_shard` places each piece. Every parameter must be loaded exactly once;
 anything missing is an error that names it.
@@ -38,9 +39,16 @@ def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]],
             continue  # buffers such as rotary inv_freq or causal masks in old checkpoints
         if param.shape != tensor.shape:
             raise ValueError(f"weight {name}: checkpoint shape {tuple(tensor.shape)} != model shape {tuple(param.shape)}")
-        with torch.no_grad():
-            param.copy_(tensor)
+        if tensor.dtype == param.dtype and tensor.device == param.device and tensor.is_contiguous():
+            # Adopt the freshly read tensor instead of copying it: half the memory traffic of a load.
+            module_name, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(module_name), leaf, nn.Parameter(tensor, requires_grad=False))
+        else:
+            with torch.no_grad():
+                param.copy_(tensor)
         loaded.add(name)
+    if hasattr(model, "tie_weights"):  # adopted tensors replaced Parameter objects that ties shared
+        model.tie_weights()
     missing = sorted(set(params) - loaded - _tied_names(model))
     if missing:
         raise ValueError(f"checkpoint is missing weights: {missing[:10]}{' ...' if len(missing) > 10 else ''}")
