@@ -117,3 +117,19 @@ def test_soak_random_requests_and_aborts(tiny_llama_path):
         bm = llm.llm_engine.block_manager
         assert bm.num_free_blocks == bm.num_usable_blocks
         assert all(b.ref_cnt == 0 for b in bm.blocks[1:])
+
+
+def test_callers_get_the_engine_between_steps_while_it_is_busy(tiny_llm):
+    """Python's locks are unfair: without the loop stepping aside, get_metrics() can wait for seconds."""
+    stream = tiny_llm.stream(["Once upon a time"] * 8, SamplingParams(temperature=0, max_tokens=200,
+                                                                      ignore_eos=True))
+    next(stream)
+    latencies = []
+    for _ in range(40):
+        t0 = time.perf_counter()
+        metrics = tiny_llm.get_metrics()
+        latencies.append(time.perf_counter() - t0)
+        assert metrics.num_requests_running > 0
+    stream.close()
+    wait_idle(tiny_llm)
+    assert max(latencies) < 0.25, f"slowest get_metrics() took {max(latencies):.3f}s"

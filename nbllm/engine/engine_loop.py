@@ -6,6 +6,9 @@ caller reads outputs from. The caller's thread only waits on that queue, so a
 KeyboardInterrupt (a notebook's interrupt) lands in the caller, which aborts its
 requests: the loop frees their blocks and keeps serving. An exception inside a
 step fails the requests of that step with the error and leaves the engine usable.
+
+Callers get the engine between two steps, never later: Python's locks are not
+fair, so the loop steps aside after a step whenever a caller is waiting.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
+from contextlib import contextmanager
 from typing import Iterator, Optional, Sequence
 
 from nbllm.engine.llm_engine import LLMEngine
@@ -69,6 +74,8 @@ class EngineLoop:
         self.engine = engine
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)
+        self._callers_waiting = 0  # callers queued for the lock; the loop yields to them
+        self._callers_lock = threading.Lock()
         self._streams: dict[str, RequestStream] = {}
         self._stopped = False
         self._counter = 0
@@ -95,7 +102,7 @@ class EngineLoop:
 
     def _register(self, add, request_id: Optional[str], sink: Optional[queue.Queue],
                   sink_key: object) -> RequestStream:
-        with self._work:
+        with self._turn():
             if self._stopped:
                 raise EngineDeadError("the engine has been shut down")
             if request_id is None:
@@ -110,7 +117,7 @@ class EngineLoop:
     def abort(self, request_ids: str | Sequence[str]) -> None:
         if isinstance(request_ids, str):
             request_ids = [request_ids]
-        with self._lock:
+        with self._turn():
             outputs = self.engine.abort_request(list(request_ids))
             streams = [self._streams.pop(o.request_id, None) for o in outputs]
         for stream, output in zip(streams, outputs):
@@ -119,15 +126,15 @@ class EngineLoop:
 
     def call(self, fn, *args, **kwargs):
         """Run fn(engine, ...) between steps, under the engine's lock."""
-        with self._lock:
+        with self._turn():
             return fn(self.engine, *args, **kwargs)
 
     def shutdown(self) -> None:
-        with self._work:
+        with self._turn():
             self._stopped = True
             self._work.notify()
         self._thread.join(timeout=30)
-        with self._lock:
+        with self._turn():
             request_ids = list(self._streams)
         self.abort(request_ids)
         self.engine.shutdown()
@@ -135,6 +142,25 @@ class EngineLoop:
     @property
     def is_running(self) -> bool:
         return self._thread.is_alive() and not self._stopped
+
+    @contextmanager
+    def _turn(self):
+        """The engine's lock for a caller, granted at the next step boundary."""
+        with self._callers_lock:
+            self._callers_waiting += 1
+        try:
+            self._lock.acquire()
+        finally:
+            with self._callers_lock:
+                self._callers_waiting -= 1
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    def _yield_to_callers(self) -> None:
+        while self._callers_waiting:
+            time.sleep(0.0002)
 
     # ----------------------------------------------------------------- the loop
     def _run(self) -> None:
@@ -162,6 +188,7 @@ class EngineLoop:
                 stream.put(output)
             for stream, exc in failed:
                 stream.put(exc)
+            self._yield_to_callers()
 
     def _fail_all(self, exc: Exception) -> list[tuple[RequestStream, BaseException]]:
         request_ids = list(self._streams)
