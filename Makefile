@@ -7,7 +7,7 @@ TORCH_VERSION := 2.13.0
 SMOLLM_VERSION := 0.1.2
 STAMP := $(VENV)/.nbllm-installed
 
-.PHONY: setup demo test test-fast bench docs clean system-deps
+.PHONY: setup demo test test-fast bench docs docs-build clean system-deps
 
 # Debian packages that the browser tests need (skipped where already present).
 system-deps:
@@ -41,6 +41,13 @@ test-fast: setup
 
 bench: setup
 	$(PY) benchmarks/bench_cpu.py
+
+# The documentation site at http://127.0.0.1:8001, rebuilt on every change; docs-build writes it to site/.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve -a 127.0.0.1:8001
+
+docs-build: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -d site
 
 clean:
 	rm -rf $(VENV) .nbllm-cache
