@@ -149,6 +149,10 @@ def check_outputs(page) -> None:
     assert "Paris" in outputs, "%%generate streamed its answer into the cell"
     assert "100 of 100 rows answered" in outputs, "df.llm.generate answered the 100-row frame"
     assert page.locator(".nbllm-chat").count() == 1 and page.locator(".nbllm-kv-monitor").count() == 1
+    tree = page.locator(".nbb svg").first  # %%generate --beams: the beam tree view rendered by JupyterLab
+    tree.scroll_into_view_if_needed()
+    assert tree.is_visible() and page.locator(".nbb").first.locator("rect").count() > 3
+    page.locator(".nbb").first.screenshot(path=str(ARTIFACTS / "01e-beam-tree.png"))
     for name, text in (("01a-generate-cell", "--out answer"), ("01b-batch-cell", "The three primary colors"),
                        ("01c-plot-cell", "plot_kv_usage(monitor.history)")):
         cell = page.locator(".jp-CodeCell", has_text=text).first

@@ -44,6 +44,9 @@ def test_notebook_tour_runs_top_to_bottom():
     assert "Paris" in text_of(by_source["%%generate --chat --temperature 0 --max-tokens 24 --out answer"])
     batch = text_of(by_source["%%generate --temperature 0 --max-tokens 12"])
     assert "[prompt 1]" in batch and "[prompt 2]" in batch
+    beam = by_source["%%generate --beams 3 --max-tokens 8"]
+    assert any("Beam search" in o.get("data", {}).get("text/html", "") for o in outputs_of(beam)), \
+        "--beams displays the beam tree view"
     widgets = [c for c in cells if any(WIDGET in o.get("data", {}) for o in outputs_of(c))]
     assert len(widgets) >= 2, "the chat panel and the monitor are widget views"
     assert "100 of 100 rows answered" in text_of(by_source["import pandas as pd"])
