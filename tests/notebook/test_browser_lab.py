@@ -130,8 +130,19 @@ def run_all_cells(page) -> None:
 
     wait_for(ready, 60, "the kernel to be idle")
     time.sleep(1.0)  # let the kernel connection settle before running everything
-    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+
+    def started() -> bool:  # a cell shows [*] or a number once Run All has taken effect
+        prompts = page.locator(".jp-CodeCell .jp-InputArea-prompt").all_inner_texts()
+        return any(p.strip() not in ("[ ]:", "") for p in prompts)
+
+    for _ in range(3):  # a busy Lab can drop the first menu click; re-click only if nothing started
+        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+        try:
+            wait_for(started, 20, "Run All to start")
+            break
+        except AssertionError:
+            page.keyboard.press("Escape")
     code_cells = page.locator(".jp-CodeCell").count()
 
     def finished() -> bool:  # a fresh kernel numbers the cells 1..N; cells scrolled away may show no prompt
