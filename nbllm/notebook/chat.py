@@ -7,9 +7,8 @@ thread that only sets widget traits; a stale worker (its turn was stopped or
 cleared away) changes nothing. Stop aborts the request, which frees its KV blocks
 before `stop()` returns. Several panels on one engine are batched together.
 
-Keys: ipywidgets' text area cannot tell Enter from Shift+Enter, so the panel sends
-when a line break is typed at the end of the text; a line break typed anywhere
-else stays, and so does multi-line text pasted without a trailing line break.
+Keys: Enter sends, Shift+Enter starts a new line (the message box is a small
+anywidget, chat_input.py, since ipywidgets' Textarea cannot tell the two apart).
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import ipywidgets as widgets
 
+from nbllm.notebook.chat_input import ChatInput
 from nbllm.notebook.chat_render import PANEL_CLASS, STYLESHEET, message_html, progress_text, status_html
 from nbllm.notebook.requests import close_all, default_params
 from nbllm.notebook.session import resolve_engine
@@ -71,8 +71,7 @@ class ChatPanel(widgets.VBox):
     def _build(self, system_prompt: str, params: SamplingParams) -> None:
         full = widgets.Layout(width="100%")
         self._log = widgets.VBox(layout=widgets.Layout(width="100%"))
-        self.input = widgets.Textarea(placeholder="Message (Enter sends)", rows=2, continuous_update=True,
-                                      layout=widgets.Layout(flex="1 1 auto", width="auto"))
+        self.input = ChatInput(layout=widgets.Layout(flex="1 1 auto", width="auto"))
         self.send_button = widgets.Button(description="Send", button_style="primary", icon="paper-plane")
         self.stop_button = widgets.Button(description="Stop", button_style="warning", icon="stop", disabled=True)
         self.regenerate_button = widgets.Button(description="Regenerate", icon="refresh")
@@ -103,7 +102,7 @@ class ChatPanel(widgets.VBox):
         self.regenerate_button.on_click(self._guarded(lambda _: self.regenerate()))
         self.undo_button.on_click(self._guarded(lambda _: self.undo()))
         self.clear_button.on_click(self._guarded(lambda _: self.clear()))
-        self.input.observe(self._guarded(self._on_input), names="value")
+        self.input.on_submit(self._guarded(self.send_message))
 
     # ------------------------------------------------------------------ conversation
     @property
@@ -193,11 +192,6 @@ class ChatPanel(widgets.VBox):
         self.status.value = status_html(f"loaded {len(messages)} messages")
 
     # ------------------------------------------------------------------ internals
-    def _on_input(self, change: dict) -> None:
-        new, old = change["new"], change["old"]
-        if new.endswith("\n") and not old.endswith("\n") and new.strip():
-            self.send_message(new)
-
     def _require_idle(self) -> None:
         if self.chat_state is not ChatState.IDLE:
             raise RuntimeError("a reply is still streaming: press Stop first")

@@ -213,7 +213,10 @@ def chat_and_stop(page) -> None:
     idle_chart = monitor.locator("svg polyline").get_attribute("points")
     textarea = panel.locator(".nbllm-chat-input textarea")
     textarea.click()
-    textarea.type("Write a very long story about a dragon who learns to bake bread.")
+    textarea.type("Write a very long story")
+    textarea.press("Shift+Enter")  # a new line in the message, not a send (nor a cell run)
+    textarea.type("about a dragon who learns to bake bread.")
+    assert "\n" in textarea.input_value() and replies.count() == 1
     textarea.press("Enter")
     wait_for(lambda: replies.count() == 2 and len(replies.nth(1).inner_text()) > 20, 60, "the long reply to start")
     lengths = []

@@ -35,12 +35,11 @@ def test_send_streams_the_reply_into_the_panel(slow):
     assert_engine_idle(slow)
 
 
-def test_enter_at_the_end_of_the_input_sends(tiny_llm):
+def test_enter_sends_and_shift_enter_keeps_typing(tiny_llm):
     panel = ChatPanel(tiny_llm, sampling_params=SHORT)
-    panel.input.value = "first line"
-    panel.input.value = "first\nline"  # a line break in the middle stays
+    panel.input.value = "first\nline"  # Shift+Enter: the browser adds the line break, nothing is sent
     assert panel.messages == []
-    panel.input.value = "first\nline\n"
+    panel.input._handle_message(panel.input, {"type": "submit", "value": "first\nline"}, [])  # what Enter sends
     assert panel.wait(10)
     assert panel.messages[0] == {"role": "user", "content": "first\nline"} and panel.input.value == ""
 
@@ -152,8 +151,8 @@ def test_two_panels_chat_at_once_in_one_batch(long_llm):
 def test_sending_while_streaming_is_refused_in_the_status_line(long_llm):
     panel = ChatPanel(long_llm, sampling_params=LONG)
     panel.send_message("Long")
-    panel.input.value = "Another\n"
-    assert "press Stop first" in panel.status.value and panel.input.value == "Another\n"
+    panel.input.submit("Another")  # Enter while the reply streams
+    assert "press Stop first" in panel.status.value and panel.input.value == "Another"
     panel.stop()
     assert_engine_idle(long_llm)
 
