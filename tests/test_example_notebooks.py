@@ -11,27 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from notebook_testing import execute, text_of
+
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 EXAMPLES = sorted(NOTEBOOKS.glob("0*.ipynb"))
 WIDGET = "application/vnd.jupyter.widget-view+json"
-
-
-def execute(path: Path):
-    import nbformat
-    from nbclient import NotebookClient
-
-    notebook = nbformat.read(path, as_version=4)
-    NotebookClient(notebook, timeout=240, kernel_name="python3", store_widget_state=True,
-                   resources={"metadata": {"path": str(path.parent)}}).execute()
-    return notebook
-
-
-def text_of(cell) -> str:
-    parts = []
-    for output in cell.get("outputs", []):
-        parts.append(output.get("text", ""))
-        parts.append(output.get("data", {}).get("text/plain", ""))
-    return "".join(parts)
 
 
 def has(cell, mime: str) -> bool:
@@ -148,7 +132,7 @@ def test_tour_notebook_is_stored_without_outputs():
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_notebook_runs_top_to_bottom(path: Path):
-    notebook = execute(path)
+    notebook = execute(path, timeout=240)
     for cell in code_cells(notebook):
         errors = [o for o in cell.get("outputs", []) if o["output_type"] == "error"]
         assert not errors, f"{cell.source[:60]!r}: {errors[0]['ename']}: {errors[0]['evalue']}"

@@ -6,30 +6,14 @@ from pathlib import Path
 
 import pytest
 
+from notebook_testing import execute, text_of
+
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 WIDGET = "application/vnd.jupyter.widget-view+json"
 
 
-def execute(path: Path):
-    import nbformat
-    from nbclient import NotebookClient
-
-    notebook = nbformat.read(path, as_version=4)
-    NotebookClient(notebook, timeout=300, kernel_name="python3", store_widget_state=True,
-                   resources={"metadata": {"path": str(path.parent)}}).execute()
-    return notebook
-
-
 def outputs_of(cell) -> list[dict]:
     return [o for o in cell.get("outputs", [])]
-
-
-def text_of(cell) -> str:
-    parts = []
-    for output in outputs_of(cell):
-        parts.append(output.get("text", ""))
-        parts.append(output.get("data", {}).get("text/plain", ""))
-    return "".join(parts)
 
 
 @pytest.mark.slow
