@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 if "--dry-run" in sys.argv:  # before triton is imported: its decorators read this
@@ -48,11 +49,18 @@ def sync() -> None:
 
 
 def run_kernel_tests(dry: bool) -> str:
-    selection = ["-k", "mha-64-fp32"] if dry else []  # a sample through the interpreter, all on a GPU
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           str(ROOT / "tests/kernels"), *selection],
+    """tests/kernels (all of it on a GPU, a sample through the interpreter), plus the engine-level GPU tests."""
+    paths = ["tests/kernels"] if dry else ["tests/kernels", "tests/test_cuda_graphs.py", "tests/test_triton_backend.py"]
+    selection = ["-k", "mha-64-fp32"] if dry else []
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rf", *paths, *selection],
                           capture_output=True, text=True, cwd=ROOT, check=False)
-    return proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-500:]
+    lines = proc.stdout.strip().splitlines()
+    if not lines:
+        return proc.stderr[-500:]
+    failures = [line for line in lines if line.startswith("FAILED")]
+    if failures:
+        print(proc.stdout[-6000:], flush=True)
+    return "\n  ".join([lines[-1], *failures[:10]])
 
 
 def decode_bandwidth(device: str, dry: bool) -> list[str]:
@@ -87,11 +95,19 @@ def decode_bandwidth(device: str, dry: bool) -> list[str]:
     return lines
 
 
-def large_random_llama(folder: Path, dry: bool) -> Path:
-    """A ~1B-parameter Llama with random weights and the default model's tokenizer (tiny when dry)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+def save_random_model(folder: Path, config, tokenizer_dir: Path, dtype: torch.dtype) -> Path:
+    """Random weights for `config` (transformers' own initialisation) with the tokenizer of tokenizer_dir."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from nbllm.default_model import default_model_path
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(folder)
+    return folder
+
+
+def large_random_llama(folder: Path, tokenizer_dir: Path, dry: bool) -> Path:
+    """A ~1B-parameter Llama with random weights and the default model's tokenizer (tiny when dry)."""
+    from transformers import LlamaConfig
 
     size = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                 num_key_value_heads=2) if dry else dict(hidden_size=2048, intermediate_size=5632,
@@ -99,13 +115,24 @@ def large_random_llama(folder: Path, dry: bool) -> Path:
                                                        num_key_value_heads=8)
     config = LlamaConfig(vocab_size=49152, max_position_embeddings=4096, tie_word_embeddings=True, **size)
     config.architectures = ["LlamaForCausalLM"]
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32 if dry else torch.bfloat16)
-    model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(str(default_model_path())).save_pretrained(folder)
-    return folder
+    return save_random_model(folder, config, tokenizer_dir, torch.float32 if dry else torch.bfloat16)
+
+
+def _timed_generate(llm, prompts, params) -> tuple[float, list]:
+    llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)  # warm-up
+    sync()
+    start = time.perf_counter()
+    outputs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    sync()
+    return time.perf_counter() - start, [o.outputs[0].token_ids for o in outputs]
+
+
+def _matching_prefix(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 def end_to_end(path: Path, label: str, device: str, dry: bool) -> list[str]:
+    """nbllm with CUDA graphs, nbllm eager and transformers' generate, greedy, at batch 1 and 64."""
     from transformers import AutoModelForCausalLM
 
     from nbllm import LLM, SamplingParams
@@ -113,35 +140,58 @@ def end_to_end(path: Path, label: str, device: str, dry: bool) -> list[str]:
     dtype = torch.float32 if dry else torch.bfloat16
     max_new, batches = (2, (1, 2)) if dry else (128, (1, 64))
     prompt_len = 8 if dry else 64
-    lines = []
     prompts = [[1000 + (i * 7 + j) % 5000 for j in range(prompt_len)] for i in range(max(batches))]
-    llm = LLM(str(path), dtype="float32" if dry else "bfloat16", device=device, attention_backend="triton",
-              num_kv_blocks=64 if dry else None)
+    params = SamplingParams(temperature=0, max_tokens=max_new, ignore_eos=True)
+    speeds: dict[tuple[str, int], float] = {}
+    tokens: dict[tuple[str, int], list] = {}
+    lines = []
+    for variant, eager in (("graphs", False), ("eager", True)):
+        start = time.perf_counter()
+        llm = LLM(str(path), dtype="float32" if dry else "bfloat16", device=device, attention_backend="triton",
+                  num_kv_blocks=64 if dry else None, kv_cache_memory_bytes=None if dry else 8 << 30,
+                  enforce_eager=eager)
+        lines.append(f"{label} nbllm {variant}: ready in {time.perf_counter() - start:.1f} s")
+        for batch in batches:
+            seconds, tokens[variant, batch] = _timed_generate(llm, prompts[:batch], params)
+            speeds[variant, batch] = batch * max_new / seconds
+        llm.shutdown()
+        del llm
     hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device).eval()
     for batch in batches:
-        params = SamplingParams(temperature=0, max_tokens=max_new, ignore_eos=True)
-        llm.generate([{"prompt_token_ids": p} for p in prompts[:batch]], params, use_tqdm=False)  # warm-up
-        sync()
-        t0 = time.perf_counter()
-        ours_out = llm.generate([{"prompt_token_ids": p} for p in prompts[:batch]], params, use_tqdm=False)
-        ours = batch * max_new / (time.perf_counter() - t0)
         ids = torch.tensor(prompts[:batch], device=device)
         with torch.inference_mode():
             hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=2, min_new_tokens=2)
             sync()
-            t0 = time.perf_counter()
+            start = time.perf_counter()
             ref = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=max_new,
                               min_new_tokens=max_new)
             sync()
-        theirs = batch * max_new / (time.perf_counter() - t0)
-        same = sum(o.outputs[0].token_ids == ref[i, prompt_len:].tolist() for i, o in enumerate(ours_out))
-        lines.append(f"{label} batch {batch}: nbllm {ours:.0f} tok/s, transformers {theirs:.0f} tok/s, "
-                     f"ratio {ours / theirs:.2f}x; greedy tokens equal for {same}/{batch}")
-    llm.shutdown()
+        theirs = batch * max_new / (time.perf_counter() - start)
+        ref_tokens = [row[prompt_len:].tolist() for row in ref]
+        ours = tokens["graphs", batch]
+        same = sum(a == b for a, b in zip(ours, ref_tokens))
+        prefix = sum(_matching_prefix(a, b) for a, b in zip(ours, ref_tokens)) / batch
+        eager_same = sum(a == b for a, b in zip(ours, tokens["eager", batch]))
+        lines.append(f"{label} batch {batch}: nbllm {speeds['graphs', batch]:.0f} tok/s (eager "
+                     f"{speeds['eager', batch]:.0f}), transformers {theirs:.0f} tok/s, ratio "
+                     f"{speeds['graphs', batch] / theirs:.2f}x (eager {speeds['eager', batch] / theirs:.2f}x); "
+                     f"greedy tokens equal for {same}/{batch} (mean common prefix {prefix:.0f}/{max_new}); "
+                     f"graphs = eager for {eager_same}/{batch}")
     del hf
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return lines
+
+
+def section(summary: list[str], name: str, work) -> None:
+    """Run one part; a failure is printed and summarised, and the other parts still run."""
+    try:
+        result = work()
+        summary.extend([result] if isinstance(result, str) else result)
+    except Exception:  # noqa: BLE001 - a GPU session is short: report and go on
+        traceback.print_exc()
+        summary.append(f"{name}: FAILED ({traceback.format_exc().strip().splitlines()[-1]})")
+    print("\n".join(summary[-3:]), flush=True)
 
 
 def main() -> None:
@@ -149,6 +199,9 @@ def main() -> None:
     parser.add_argument("--skip-tests", action="store_true")
     parser.add_argument("--skip-large", action="store_true")
     parser.add_argument("--dry-run", action="store_true", help="CPU, toy sizes, Triton interpreter; no timings")
+    parser.add_argument("--default-model-config", type=Path, default=None,
+                        help="a folder with the default model's config and tokenizer: use random weights of that "
+                             "shape where the default model's package is not installed")
     args = parser.parse_args()
     dry = args.dry_run
     if not dry and not torch.cuda.is_available():
@@ -157,17 +210,28 @@ def main() -> None:
     name = "CPU (dry run: timings are meaningless)" if dry else torch.cuda.get_device_name()
     summary = [f"device: {name}, torch {torch.__version__}"]
     if not args.skip_tests:
-        summary.append("kernel tests: " + run_kernel_tests(dry))
-    summary += decode_bandwidth(device, dry)
-    from nbllm.default_model import default_model_path
+        section(summary, "kernel tests", lambda: "kernel tests: " + run_kernel_tests(dry))
+    section(summary, "decode bandwidth", lambda: decode_bandwidth(device, dry))
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.default_model_config is not None:
+            from transformers import AutoConfig
 
-    if not dry:
-        summary += end_to_end(default_model_path(), "SmolLM2-135M", device, dry)
-    if not args.skip_large:
-        with tempfile.TemporaryDirectory() as tmp:
-            summary += end_to_end(large_random_llama(Path(tmp), dry), "Llama-1B (random)" if not dry else
-                                  "toy Llama (random)", device, dry)
+            default_dir = save_random_model(Path(tmp) / "default", AutoConfig.from_pretrained(
+                str(args.default_model_config)), args.default_model_config, torch.bfloat16)
+            default_label = "SmolLM2-135M shape (random weights)"
+        else:
+            from nbllm.default_model import default_model_path
+
+            default_dir, default_label = default_model_path(), "SmolLM2-135M"
+        if not dry:
+            section(summary, default_label, lambda: end_to_end(default_dir, default_label, device, dry))
+        if not args.skip_large:
+            large = "Llama-1B (random)" if not dry else "toy Llama (random)"
+            section(summary, large, lambda: end_to_end(large_random_llama(Path(tmp) / "large", default_dir, dry),
+                                                       large, device, dry))
     print("\n".join(["", "=== GPU check ==="] + summary))
+    if any("FAILED" in line for line in summary):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ class EngineConfig:
     attention_backend: str = "auto"
     generation_config: str = "auto"
     trust_remote_code: bool = False
-    enforce_eager: bool = True
+    enforce_eager: bool = False  # True: no CUDA graphs for decode steps (they apply on CUDA only)
     num_threads: Optional[int] = None  # torch intra-op threads on CPU; None keeps torch's choice
 
     def __post_init__(self) -> None:

@@ -8,6 +8,7 @@ also computes prompt logprobs for requests that ask for them.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -16,6 +17,7 @@ from torch import nn
 
 from nbllm.config import DEFAULT_CPU_KV_CACHE_BYTES, EngineConfig
 from nbllm.engine.block_manager import NULL_BLOCK_ID
+from nbllm.engine.cuda_graphs import decode_graph_runner_for
 from nbllm.engine.scheduler import ScheduledRequest, SchedulerOutput
 from nbllm.engine.sequence import Request
 from nbllm.layers.attention import Attention, AttentionMetadata, get_attention_backend
@@ -23,6 +25,8 @@ from nbllm.layers.sampler import Sampler, SamplingRow
 from nbllm.loader import iter_weights
 from nbllm.models.registry import model_class_for
 from nbllm.outputs import Logprob
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -73,6 +77,10 @@ class ModelRunner:
         self.block_size = config.block_size
         self.num_blocks = self._decide_num_blocks(max_model_len)
         self.kv_caches = self._allocate_kv_caches()
+        self.decode_graphs = decode_graph_runner_for(
+            self.model, self.kv_caches, self.attention_backend, enforce_eager=config.enforce_eager, device=device,
+            block_size=self.block_size, max_num_seqs=config.max_num_seqs, max_model_len=max_model_len,
+            log=logger.info)
         generator = torch.Generator(device=device)
         generator.manual_seed(config.seed)
         self.sampler = Sampler(generator)
@@ -113,6 +121,9 @@ class ModelRunner:
 
     def release(self) -> None:
         """Drop the model and the KV pool so their memory can be returned."""
+        if self.decode_graphs is not None:
+            self.decode_graphs.release()
+            self.decode_graphs = None
         self.kv_caches = []
         self._pool = None
         self.model = None
@@ -128,7 +139,10 @@ class ModelRunner:
         # Single-token chunks first: the attention backends batch them as decodes.
         scheduled = sorted(out.scheduled, key=lambda s: s.num_new_tokens != 1)
         input_ids, positions, meta = self._prepare_inputs(scheduled)
-        hidden = self.model(input_ids, positions, self.kv_caches, meta)  # [T, H]
+        if self.decode_graphs is not None and self.decode_graphs.can_run(meta):
+            hidden = self.decode_graphs.run(input_ids, positions, meta)  # [T, H]
+        else:
+            hidden = self.model(input_ids, positions, self.kv_caches, meta)
 
         results: dict[int, StepResult] = {}
         sample_index, sample_rows, offset = [], [], 0

@@ -36,6 +36,12 @@ class TritonAttentionBackend:
             meta.extras["prefill_query_start_loc"] = torch.tensor(starts, dtype=torch.int32, device=device)
             meta.extras["max_query_len"] = max(meta.query_lens_cpu[nd:])
 
+    def prepare_static_decode(self, meta: AttentionMetadata, max_seq_len: int) -> None:
+        """prepare() for a decode step captured in a CUDA graph: nothing may depend on this step's lengths."""
+        from nbllm_kernels.decode_attention import choose_num_splits
+
+        meta.extras["num_splits"] = choose_num_splits(max_seq_len)
+
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: KVCache,
                 meta: AttentionMetadata, scale: float) -> torch.Tensor:
         key_cache, value_cache = kv_cache
