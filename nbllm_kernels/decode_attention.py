@@ -1,20 +1,23 @@
 """Flash-decoding over the paged KV cache: one query token per sequence.
 
 Same contract as ``paged_decode_attention_ref``. A sequence's context is cut into
-``num_splits`` runs of whole cache blocks so that long contexts spread over many
-programs even when the batch is small:
+``num_splits`` runs of whole BLOCK_N-token tiles so that long contexts spread over
+many programs even when the batch is small:
 
-1. ``_decode_split_kernel``, grid (sequence, query head, split): walks its run of
-   blocks through the block table with an online softmax and writes a normalized
-   partial output and its log-sum-exp.
+1. ``_decode_split_kernel``, grid (sequence, kv head, split): the program holds the
+   queries of every query head that shares this kv head (GQA/MQA groups, padded to
+   a tl.dot tile) and walks its run of the context in BLOCK_N-token tiles, finding
+   each token's cache slot through the block table (BLOCK_N is free of block_size).
+   Each key and value is therefore read once per kv head, not once per query head.
+   It writes a normalized partial output and its log-sum-exp per query head.
 2. ``_decode_reduce_kernel``, grid (sequence, query head): merges the splits,
    weighting each partial output by exp(its lse - the overall lse).
 
-Runs are cut per sequence (a sequence of n blocks gives each split ceil(n / num_splits)
-blocks), so a short sequence beside a long one leaves some of its splits empty; the
-reduction skips those. Query head h reads kv head h // (Hq // Hkv): MHA, GQA and MQA
-alike. Scores, softmax and sums are float32 whatever the cache dtype. A sequence of
-length 0 (a padding entry) gets a zero output.
+Runs are cut per sequence (a sequence of n tiles gives each split ceil(n / num_splits)
+tiles), so a short sequence beside a long one leaves some of its splits empty; the
+reduction skips those. Query head h reads kv head h // (Hq // Hkv). Scores, softmax
+and sums are float32 whatever the cache dtype (float32 caches use exact float32
+products). A sequence of length 0 (a padding entry) gets a zero output.
 """
 
 import torch
@@ -26,7 +29,9 @@ from nbllm_kernels._checks import check_index, check_kv_cache, check_query, chec
 LOG2_E = 1.4426950408889634
 # Automatic split choice: a split below this many tokens costs more to merge than it saves.
 MIN_TOKENS_PER_SPLIT = 256
-MAX_SPLITS = 16
+MAX_SPLITS = 64
+BLOCK_N = 64  # context tokens per tile
+MIN_DOT = 16  # tl.dot's smallest tile side: query groups are padded to it
 
 
 @triton.jit
@@ -47,59 +52,66 @@ def _decode_split_kernel(
     head_dim,
     group_size,  # Hq // Hkv
     BLOCK_SIZE: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     seq = tl.program_id(0)
-    head = tl.program_id(1)
+    kv_head = tl.program_id(1)
     split = tl.program_id(2)
-    kv_head = head // group_size
 
     seq_len = tl.load(seq_lens_ptr + seq)
-    num_seq_blocks = tl.cdiv(seq_len, BLOCK_SIZE)
-    blocks_per_split = tl.cdiv(num_seq_blocks, num_splits)
-    first_block = split * blocks_per_split
-    if first_block >= num_seq_blocks:
+    num_tiles = tl.cdiv(seq_len, BLOCK_N)
+    tiles_per_split = tl.cdiv(num_tiles, num_splits)
+    first_tile = split * tiles_per_split
+    if first_tile >= num_tiles:
         return
-    end_block = tl.minimum(first_block + blocks_per_split, num_seq_blocks)
+    end_tile = tl.minimum(first_tile + tiles_per_split, num_tiles)
+    num_seq_blocks = tl.cdiv(seq_len, BLOCK_SIZE)
 
+    groups = tl.arange(0, BLOCK_G)
+    heads = kv_head * group_size + groups  # [BLOCK_G]
+    group_mask = groups < group_size
     dims = tl.arange(0, BLOCK_D)
     dim_mask = dims < head_dim
-    offsets = tl.arange(0, BLOCK_SIZE)
     q = tl.load(
-        q_ptr + seq * stride_qb + head * stride_qh + dims * stride_qd, mask=dim_mask, other=0.0
-    ).to(tl.float32)  # [BLOCK_D]
+        q_ptr + seq * stride_qb + heads[:, None] * stride_qh + dims[None, :] * stride_qd,
+        mask=group_mask[:, None] & dim_mask[None, :], other=0.0,
+    )  # [BLOCK_G, BLOCK_D]
 
-    # Every block in the run holds at least one token, so m_i is finite after the first.
-    m_i = float("-inf")
-    l_i = 0.0
-    acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    for logical_block in range(first_block, end_block):
-        block = tl.load(
-            block_tables_ptr + seq * stride_table_b + logical_block * stride_table_i
+    # Every tile in the run holds at least one token, so m_i is finite after the first.
+    m_i = tl.full([BLOCK_G], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
+    tokens = tl.arange(0, BLOCK_N)
+    for tile in range(first_tile, end_tile):
+        positions = tile * BLOCK_N + tokens  # [BLOCK_N]
+        token_mask = positions < seq_len
+        logical_blocks = positions // BLOCK_SIZE
+        blocks = tl.load(
+            block_tables_ptr + seq * stride_table_b + logical_blocks * stride_table_i,
+            mask=logical_blocks < num_seq_blocks, other=0,
         ).to(tl.int64)
-        token_mask = logical_block * BLOCK_SIZE + offsets < seq_len  # [BLOCK_SIZE]
-        tile = (
-            block * stride_cb
-            + offsets[:, None] * stride_cs
-            + kv_head * stride_ch
-            + dims[None, :] * stride_cd
-        )  # [BLOCK_SIZE, BLOCK_D]
+        rows = blocks * stride_cb + (positions % BLOCK_SIZE) * stride_cs + kv_head * stride_ch
+        offsets = rows[:, None] + dims[None, :] * stride_cd  # [BLOCK_N, BLOCK_D]
         tile_mask = token_mask[:, None] & dim_mask[None, :]
-        k = tl.load(key_cache_ptr + tile, mask=tile_mask, other=0.0).to(tl.float32)
-        scores = tl.sum(q[None, :] * k, axis=1) * qk_scale  # [BLOCK_SIZE]
-        scores = tl.where(token_mask, scores, float("-inf"))
+        k = tl.load(key_cache_ptr + offsets, mask=tile_mask, other=0.0)
+        scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_G, BLOCK_N]
+        scores = tl.where(token_mask[None, :], scores, float("-inf"))
 
-        m_new = tl.maximum(m_i, tl.max(scores, axis=0))
+        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
         alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(scores - m_new)  # [BLOCK_SIZE]
-        v = tl.load(value_cache_ptr + tile, mask=tile_mask, other=0.0).to(tl.float32)
-        acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
-        l_i = l_i * alpha + tl.sum(p, axis=0)
+        p = tl.exp2(scores - m_new[:, None])  # [BLOCK_G, BLOCK_N]
+        v = tl.load(value_cache_ptr + offsets, mask=tile_mask, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
         m_i = m_new
 
-    partial = (seq * num_heads + head) * num_splits + split
-    tl.store(partial_out_ptr + partial * head_dim + dims, acc / l_i, mask=dim_mask)
-    tl.store(partial_lse_ptr + partial, m_i + tl.log2(l_i))
+    partial = (seq * num_heads + heads) * num_splits + split  # [BLOCK_G]
+    tl.store(partial_out_ptr + partial[:, None] * head_dim + dims[None, :], acc / l_i[:, None],
+             mask=group_mask[:, None] & dim_mask[None, :])
+    tl.store(partial_lse_ptr + partial, m_i + tl.log2(l_i), mask=group_mask)
 
 
 @triton.jit
@@ -112,7 +124,7 @@ def _decode_reduce_kernel(
     num_heads,
     num_splits,
     head_dim,
-    BLOCK_SIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
     BLOCK_S: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -120,9 +132,9 @@ def _decode_reduce_kernel(
     head = tl.program_id(1)
 
     seq_len = tl.load(seq_lens_ptr + seq)
-    num_seq_blocks = tl.cdiv(seq_len, BLOCK_SIZE)
-    blocks_per_split = tl.maximum(tl.cdiv(num_seq_blocks, num_splits), 1)
-    used_splits = tl.cdiv(num_seq_blocks, blocks_per_split)
+    num_tiles = tl.cdiv(seq_len, BLOCK_N)
+    tiles_per_split = tl.maximum(tl.cdiv(num_tiles, num_splits), 1)
+    used_splits = tl.cdiv(num_tiles, tiles_per_split)
 
     splits = tl.arange(0, BLOCK_S)
     split_mask = splits < used_splits
@@ -161,12 +173,16 @@ def paged_decode_attention(
     seq_lens: torch.Tensor,  # [B] int32
     scale: float,
     num_splits: int | None = None,
+    block_n: int = BLOCK_N,
+    num_warps: int = 4,
+    num_stages: int = 2,
 ) -> torch.Tensor:  # [B, Hq, D]
     """Each sequence's single query attends to all of its ``seq_lens[b]`` cached tokens.
 
     ``num_splits=None`` picks the split count from the longest context, which reads
     ``seq_lens`` back to the host; pass it explicitly to avoid that synchronization
-    (e.g. when capturing CUDA graphs).
+    (e.g. when capturing CUDA graphs). ``block_n``, ``num_warps`` and ``num_stages``
+    are tuning knobs (tile length in tokens, a power of two >= 16; Triton launch options).
     """
     check_kv_cache(key_cache, value_cache)
     check_query(q, key_cache)
@@ -180,6 +196,8 @@ def paged_decode_attention(
         num_splits = choose_num_splits(int(seq_lens.max()) if batch else 0)
     if num_splits < 1:
         raise ValueError(f"num_splits must be at least 1, got {num_splits}")
+    if block_n < MIN_DOT or block_n & (block_n - 1):
+        raise ValueError(f"block_n must be a power of two >= {MIN_DOT}, got {block_n}")
 
     out = torch.empty((batch, num_heads, head_dim), dtype=q.dtype, device=q.device)
     if batch == 0:
@@ -189,21 +207,27 @@ def paged_decode_attention(
         (batch, num_heads, num_splits, head_dim), dtype=torch.float32, device=q.device
     )
     partial_lse = torch.empty((batch, num_heads, num_splits), dtype=torch.float32, device=q.device)
-    block_d = triton.next_power_of_2(head_dim)
+    block_d = max(MIN_DOT, triton.next_power_of_2(head_dim))
+    group_size = num_heads // num_kv_heads
 
-    _decode_split_kernel[(batch, num_heads, num_splits)](
+    _decode_split_kernel[(batch, num_kv_heads, num_splits)](
         q, key_cache, value_cache, block_tables, seq_lens, partial_out, partial_lse,
         scale * LOG2_E,
         *q.stride(), *key_cache.stride(), *block_tables.stride(),
-        num_heads, num_splits, head_dim, num_heads // num_kv_heads,
+        num_heads, num_splits, head_dim, group_size,
         BLOCK_SIZE=block_size,
+        BLOCK_G=max(MIN_DOT, triton.next_power_of_2(group_size)),
+        BLOCK_N=block_n,
         BLOCK_D=block_d,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        num_warps=num_warps,
+        num_stages=num_stages,
     )
     _decode_reduce_kernel[(batch, num_heads)](
         partial_out, partial_lse, seq_lens, out,
         *out.stride(),
         num_heads, num_splits, head_dim,
-        BLOCK_SIZE=block_size,
+        BLOCK_N=block_n,
         BLOCK_S=triton.next_power_of_2(num_splits),
         BLOCK_D=block_d,
     )

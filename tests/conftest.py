@@ -24,6 +24,11 @@ def _cuda_available() -> bool:
 
 if not _cuda_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+else:  # float32 comparisons on a GPU need IEEE products, not TF32
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
 
 
 import pytest  # noqa: E402

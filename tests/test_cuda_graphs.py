@@ -10,6 +10,7 @@ import torch
 
 from nbllm import LLM, SamplingParams
 from nbllm.engine.cuda_graphs import DecodeGraphRunner, batch_size_buckets
+from nbllm.layers.attention import TorchAttentionBackend
 
 pytest.importorskip("triton")
 
@@ -63,13 +64,14 @@ def test_static_decode_path_matches_eager(tiny_llama_path, num_prompts):
 def test_torch_backend_cannot_be_captured(tiny_llm):
     runner = tiny_llm.llm_engine.runner
     with pytest.raises(ValueError, match="cannot be captured"):
-        DecodeGraphRunner(runner.model, runner.kv_caches, runner.attention_backend, block_size=runner.block_size,
+        DecodeGraphRunner(runner.model, runner.kv_caches, TorchAttentionBackend(), block_size=runner.block_size,
                           max_num_seqs=4, max_model_len=64, device=runner.device, use_graphs=False)
 
 
-def test_cpu_engine_never_captures(tiny_llm):
-    assert tiny_llm.config.enforce_eager is False
-    assert tiny_llm.llm_engine.runner.decode_graphs is None
+def test_cpu_engine_never_captures(tiny_llama_path):
+    with LLM(str(tiny_llama_path), device="cpu", attention_backend="triton", num_kv_blocks=16) as llm:
+        assert llm.config.enforce_eager is False
+        assert llm.llm_engine.runner.decode_graphs is None
 
 
 @pytest.mark.gpu

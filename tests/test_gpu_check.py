@@ -17,7 +17,7 @@ def test_gpu_check_dry_run():
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = proc.stdout.split("=== GPU check ===")[1]
     assert "kernel tests: 2 passed" in summary
-    assert "decode B2 ctx64" in summary
+    assert "decode B2 ctx64" in summary and "best tuning" in summary
     assert "batch 1:" in summary and "greedy tokens equal for 1/1" in summary
     assert "greedy tokens equal for 2/2" in summary and "graphs = eager for 2/2" in summary
     assert "FAILED" not in summary

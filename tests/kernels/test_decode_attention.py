@@ -8,7 +8,7 @@ through the Triton interpreter, so shapes stay small.
 import pytest
 import torch
 
-from nbllm_kernels.decode_attention import choose_num_splits, paged_decode_attention
+from nbllm_kernels.decode_attention import MAX_SPLITS, choose_num_splits, paged_decode_attention
 from nbllm_kernels.reference import paged_decode_attention_ref
 from paged_kv import (
     DEVICE,
@@ -25,7 +25,7 @@ SEQ_LENS = [1, 16, 37, 64]
 
 
 def check_against_reference(
-    seq_lens, layout, head_dim, block_size, dtype, num_splits=None, q=None
+    seq_lens, layout, head_dim, block_size, dtype, num_splits=None, q=None, **tuning
 ):
     num_heads, num_kv_heads = layout
     ctx = make_paged_context(seq_lens, num_kv_heads, head_dim, block_size, dtype)
@@ -33,7 +33,7 @@ def check_against_reference(
         q = random_queries(len(seq_lens), num_heads, head_dim, dtype)
     args = (q, ctx.key_cache, ctx.value_cache, ctx.block_tables, ctx.seq_lens, head_dim**-0.5)
 
-    out = paged_decode_attention(*args, num_splits=num_splits)
+    out = paged_decode_attention(*args, num_splits=num_splits, **tuning)
 
     assert out.shape == q.shape and out.dtype == dtype
     torch.testing.assert_close(out, paged_decode_attention_ref(*args), **TOLERANCE[dtype])
@@ -50,6 +50,11 @@ def test_decode_matches_reference(layout, head_dim, dtype):
 @pytest.mark.parametrize("block_size", [8, 32])
 def test_decode_block_sizes(block_size):
     check_against_reference([1, 8, 29, 64], GQA, 64, block_size, torch.float32)
+
+
+@pytest.mark.parametrize("block_size, block_n", [(8, 32), (16, 16), (32, 16)])
+def test_decode_tiles_spanning_several_blocks_or_part_of_one(block_size, block_n):
+    check_against_reference([1, 8, 29, 64, 100], GQA, 64, block_size, torch.float32, num_splits=2, block_n=block_n)
 
 
 @pytest.mark.parametrize("num_splits", [1, 3, 7])
@@ -77,7 +82,7 @@ def test_decode_gives_zeros_for_a_padding_sequence_of_length_zero():
 def test_choose_num_splits_grows_with_context_and_is_capped():
     assert choose_num_splits(1) == 1
     assert choose_num_splits(4096) > choose_num_splits(512) > 1
-    assert choose_num_splits(10**7) == 16
+    assert choose_num_splits(10**7) == MAX_SPLITS
 
 
 def _decode_args(**change):
@@ -103,6 +108,7 @@ def _decode_args(**change):
         (dict(block_tables=torch.zeros(3, 3, dtype=torch.int32)), "block_tables must have shape"),
         (dict(seq_lens=torch.ones(3, dtype=torch.int32)), "seq_lens must have shape"),
         (dict(num_splits=0), "num_splits"),
+        (dict(block_n=24), "block_n"),
     ],
 )
 def test_decode_rejects_bad_arguments(change, message):
