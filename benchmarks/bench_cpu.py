@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 SEED = 0
 
@@ -104,7 +105,8 @@ def run_nbllm(quick: bool) -> dict:
         stream.close()
     out["d"] = {"ttft_s": statistics.median(ttfts)}
     out["kv_pool_bytes"] = llm.llm_engine.runner.num_blocks * llm.llm_engine.runner.bytes_per_block
-    out["weight_bytes"] = sum(p.numel() * p.element_size() for p in llm.llm_engine.runner.model.parameters())
+    # The checkpoint's size: the loaded model may hold the weights in another (packed) layout.
+    out["weight_bytes"] = sum(f.stat().st_size for f in Path(llm.llm_engine.model_path).glob("*.safetensors"))
     llm.shutdown()
     return out
 

@@ -62,4 +62,9 @@ def prepack_linears(model: nn.Module) -> int:
     for name, module in targets:
         parent_name, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, leaf, PackedLinear(module))
+    # What stays dense (embeddings, norms) may still view the memory-mapped checkpoint, whose
+    # pages the packing touched; owning copies let the whole mapping go.
+    with torch.no_grad():
+        for param in model.parameters():
+            param.data = param.data.clone()
     return len(targets)
