@@ -34,8 +34,8 @@ class LLM:
 
     def __init__(self, model: Optional[str] = None, **engine_kwargs: Any):
         self.config = EngineConfig.from_kwargs(model=model, **engine_kwargs)
-        self.llm_engine = LLMEngine(self.config)
-        self._loop = EngineLoop(self.llm_engine)
+        self._loop = EngineLoop(lambda: LLMEngine(self.config))  # built in the loop's own thread
+        self.llm_engine = self._loop.engine
 
     # ----------------------------------------------------------------- basics
     @property

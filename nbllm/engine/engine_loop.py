@@ -9,6 +9,12 @@ step fails the requests of that step with the error and leaves the engine usable
 
 Callers get the engine between two steps, never later: Python's locks are not
 fair, so the loop steps aside after a step whenever a caller is waiting.
+
+The loop thread also builds the engine, so every tensor operation of the engine runs
+in that one thread. On CPUs this matters: each thread that runs parallel torch ops
+gets its own OpenMP team, and with two teams on a machine with few cores OpenMP
+stops spinning between parallel regions (it sees more threads than cores), which
+made every step about twice as slow on the 2-core benchmark VM.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import queue
 import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 from nbllm.engine.llm_engine import LLMEngine
 from nbllm.outputs import RequestOutput
@@ -70,8 +76,13 @@ class RequestStream:
 
 
 class EngineLoop:
-    def __init__(self, engine: LLMEngine):
-        self.engine = engine
+    def __init__(self, build_engine: Callable[[], LLMEngine]):
+        """Start the loop thread, which builds the engine; returns once it is built.
+
+        An error while building is raised here, in the caller's thread. An interrupt
+        while waiting stops the loop as soon as the engine is built.
+        """
+        self.engine: Optional[LLMEngine] = None
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)
         self._callers_waiting = 0  # callers queued for the lock; the loop yields to them
@@ -79,8 +90,18 @@ class EngineLoop:
         self._streams: dict[str, RequestStream] = {}
         self._stopped = False
         self._counter = 0
-        self._thread = threading.Thread(target=self._run, name="nbllm-engine", daemon=True)
+        self._built = threading.Event()
+        self._build_error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, args=(build_engine,), name="nbllm-engine", daemon=True)
         self._thread.start()
+        try:
+            while not self._built.wait(0.05):
+                pass
+        except BaseException:
+            self._stopped = True
+            raise
+        if self._build_error is not None:
+            raise self._build_error
 
     # ----------------------------------------------------------------- callers
     def submit(self, prompt: Optional[str], prompt_token_ids: Sequence[int], params: SamplingParams,
@@ -163,7 +184,18 @@ class EngineLoop:
             time.sleep(0.0002)
 
     # ----------------------------------------------------------------- the loop
-    def _run(self) -> None:
+    def _run(self, build_engine: Callable[[], LLMEngine]) -> None:
+        try:
+            self.engine = build_engine()
+        except BaseException as exc:  # raised again in the caller's thread
+            self._build_error = exc
+            self._stopped = True
+            self._built.set()
+            return
+        self._built.set()
+        if self._stopped:  # the caller was interrupted while the engine loaded
+            self.engine.shutdown()
+            return
         while True:
             with self._work:
                 while not self._stopped and not self.engine.has_unfinished_requests():
