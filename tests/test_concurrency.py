@@ -133,3 +133,37 @@ def test_callers_get_the_engine_between_steps_while_it_is_busy(tiny_llm):
     stream.close()
     wait_idle(tiny_llm)
     assert max(latencies) < 0.25, f"slowest get_metrics() took {max(latencies):.3f}s"
+
+
+def test_engine_is_built_and_stepped_in_its_loop_thread(tiny_llama_path, monkeypatch):
+    """All engine tensor work runs in one thread: a second OpenMP team halves CPU speed."""
+    import nbllm.llm
+    from nbllm.engine.llm_engine import LLMEngine
+
+    seen = {"init": set(), "step": set()}
+
+    class RecordingEngine(LLMEngine):
+        def __init__(self, config):
+            seen["init"].add(threading.get_ident())
+            super().__init__(config)
+
+        def step(self):
+            seen["step"].add(threading.get_ident())
+            return super().step()
+
+    monkeypatch.setattr(nbllm.llm, "LLMEngine", RecordingEngine)
+    with LLM(str(tiny_llama_path), num_kv_blocks=32, block_size=8) as llm:
+        llm.generate("Hello", SamplingParams(max_tokens=3), use_tqdm=False)
+        loop_thread = llm._loop._thread.ident
+    assert seen["init"] == seen["step"] == {loop_thread}
+    assert loop_thread != threading.get_ident()
+
+
+def test_a_failed_build_raises_in_the_caller_and_ends_its_thread():
+    before = {t.ident for t in threading.enumerate()}
+    with pytest.raises(FileNotFoundError, match="not found"):
+        LLM("/no/such/model")
+    deadline = time.monotonic() + 5
+    while {t.ident for t in threading.enumerate()} - before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not {t.ident for t in threading.enumerate()} - before
