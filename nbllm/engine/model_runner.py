@@ -20,8 +20,8 @@ from nbllm.engine.block_manager import NULL_BLOCK_ID
 from nbllm.engine.cuda_graphs import decode_graph_runner_for
 from nbllm.engine.scheduler import ScheduledRequest, SchedulerOutput
 from nbllm.engine.sequence import Request
-from nbllm.layers.packed_linear import prepack_linears
 from nbllm.layers.attention import Attention, AttentionMetadata, get_attention_backend
+from nbllm.layers.packed_linear import prepack_linears
 from nbllm.layers.sampler import Sampler, SamplingRow
 from nbllm.loader import iter_weights
 from nbllm.models.registry import model_class_for
