@@ -1,6 +1,6 @@
 """One GPU check, under 5 minutes on an H100/H200: kernels, bandwidth, end-to-end speed.
 
-    python benchmarks/gpu_check.py [--skip-tests] [--skip-large] [--dry-run]
+    python benchmarks/gpu_check.py [--skip-tests] [--skip-large] [--dry-run] [--default-model-config DIR]
 
 Installs nothing and needs no network. --dry-run runs every part on the CPU at toy
 sizes through the Triton interpreter (the test suite does this), so the script is

@@ -3,8 +3,8 @@
 A decode step on a CPU is a chain of small matrix products (a few to a few dozen rows
 against each weight matrix). ``F.linear`` re-reads the weight in its plain row-major
 layout every time; oneDNN's prepacked layout (``torch.ops.mkldnn._reorder_linear_weight``)
-lets its kernels stream it far faster for such shapes (measured on the benchmark VM:
-about 1.5-2x for the default model's projections and lm_head). The same products are
+lets its kernels stream it faster for such shapes (measured on the benchmark VM: all
+121 projections of the default model 1.4x faster at 1 and at 64 rows). The same products are
 computed, in another summation order (differences of about 1e-6 relative).
 
 ``prepack_linears(model)`` swaps every ``nn.Linear`` of a float32 model on the CPU for a
@@ -42,7 +42,8 @@ class PackedLinear(nn.Module):
         with torch.no_grad():
             packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach())
         self.register_buffer("packed_weight", packed, persistent=False)
-        bias: Optional[torch.Tensor] = linear.bias.detach() if linear.bias is not None else None
+        # an owning copy: the checkpoint's memory mapping must not outlive the load
+        bias: Optional[torch.Tensor] = linear.bias.detach().clone() if linear.bias is not None else None
         self.register_buffer("bias", bias, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
