@@ -7,6 +7,7 @@ KV pool in the model runner. Invalid settings raise ValueError naming the field.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, Optional
 
 DTYPE_NAMES = ("auto", "float32", "float16", "bfloat16")
@@ -45,8 +46,10 @@ class EngineConfig:
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(
                 f"attention_backend must be one of {ATTENTION_BACKENDS}, got {self.attention_backend!r}")
-        if self.generation_config not in GENERATION_CONFIG_MODES and not isinstance(self.generation_config, str):
-            raise ValueError(f"generation_config must be 'auto', 'vllm' or a folder, got {self.generation_config!r}")
+        if self.generation_config not in GENERATION_CONFIG_MODES and not (
+                isinstance(self.generation_config, str) and Path(self.generation_config).expanduser().is_dir()):
+            raise ValueError(f"generation_config must be 'auto', 'vllm' or an existing folder holding "
+                             f"generation_config.json, got {self.generation_config!r}")
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

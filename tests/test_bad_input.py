@@ -46,7 +46,7 @@ def test_min_tokens_above_max_tokens():
 def _still_serves(llm):
     out = llm.generate("Hello", SamplingParams(temperature=0, max_tokens=3), use_tqdm=False)[0]
     assert out.finished and len(out.outputs[0].token_ids) >= 1
-    assert llm.get_metrics().num_blocks_used == 0
+    assert llm.get_stats().num_blocks_used == 0
 
 
 @pytest.mark.parametrize("call, error, words", [

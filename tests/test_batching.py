@@ -33,7 +33,7 @@ def test_batch_equals_alone(tiny_llama_path, alone, prefix_caching):
         assert _tokens(llm) == alone
         # a second round hits the prefix cache (when on) and must still agree
         assert _tokens(llm) == alone
-        metrics = llm.get_metrics()
+        metrics = llm.get_stats()
         if prefix_caching:
             assert metrics.prefix_cache_hits > 0
         else:
@@ -50,7 +50,7 @@ def test_preemption_equals_alone(tiny_llama_path, alone):
     # 12 usable blocks of 8 tokens: six ~40-token sequences cannot all fit, so some are preempted.
     with LLM(str(tiny_llama_path), block_size=8, num_kv_blocks=13, enable_prefix_caching=False) as llm:
         assert _tokens(llm) == alone
-        metrics = llm.get_metrics()
+        metrics = llm.get_stats()
         assert metrics.num_preemptions > 0
         assert metrics.num_blocks_used == 0
 

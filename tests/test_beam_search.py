@@ -54,7 +54,7 @@ def test_matches_naive_reference(tiny_llm, hf_tiny, width, max_tokens, length_pe
         assert [s.cum_logprob for s in out.sequences] == pytest.approx([r[1] for r in ref], abs=1e-4)
         for seq in out.sequences:
             assert sum(seq.logprobs) == pytest.approx(seq.cum_logprob, abs=1e-5)
-    assert tiny_llm.get_metrics().num_blocks_used == 0
+    assert tiny_llm.get_stats().num_blocks_used == 0
 
 
 def test_tree_records_every_candidate(tiny_llm):
@@ -83,7 +83,7 @@ def test_forked_blocks_are_never_written_while_shared(tiny_llama_path):
 
     with LLM(str(tiny_llama_path), block_size=4, num_kv_blocks=200) as llm:
         engine = llm.llm_engine
-        runner, bm = engine.runner, engine.block_manager
+        runner, bm = engine.runner, engine.core.block_manager
         original = runner.execute
         checked = {"writes": 0, "shared_blocks_seen": 0}
 

@@ -108,10 +108,8 @@ def test_fork_then_copy_on_write():
     bm.fork(parent, child)
     child.num_computed_tokens = 6
     assert bm.blocks[parent.block_ids[1]].ref_cnt == 2
-    assert bm.num_shared_write_blocks(child, 1) == 1
-    assert bm.allocate_slots(child, 1)
-    copies = bm.copy_on_write(child, 1)
-    assert copies == [(parent.block_ids[1], child.block_ids[1])]
+    allocation = bm.allocate_slots(child, 1)  # room for one token, and a private copy of the shared block
+    assert allocation.block_copies == [(parent.block_ids[1], child.block_ids[1])]
     assert child.block_ids[0] == parent.block_ids[0]  # the full first block stays shared
     assert bm.blocks[parent.block_ids[1]].ref_cnt == 1
     bm.free(parent)

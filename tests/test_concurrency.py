@@ -50,12 +50,19 @@ def test_abort_frees_blocks_and_reports_abort(tiny_llm):
 
 
 def test_keyboard_interrupt_during_generate_leaves_engine_usable(tiny_llm):
-    timer = threading.Timer(0.3, _thread.interrupt_main)
-    timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        tiny_llm.generate(["Once upon a time"] * 4, SamplingParams(temperature=0, max_tokens=4000 // 20,
-                                                                  ignore_eos=True), use_tqdm=False)
-    timer.cancel()
+    before = tiny_llm.get_stats().generation_tokens_total
+
+    def interrupt_once_generating():  # as a notebook user would: while tokens are being produced
+        while tiny_llm.get_stats().generation_tokens_total == before:
+            time.sleep(0.005)
+        _thread.interrupt_main()
+
+    interrupter = threading.Thread(target=interrupt_once_generating, daemon=True)
+    interrupter.start()
+    with pytest.raises(KeyboardInterrupt):  # 64 x 200 tokens do not fit the pool at once: many steps
+        tiny_llm.generate(["Once upon a time"] * 64, SamplingParams(temperature=0, max_tokens=200,
+                                                                   ignore_eos=True), use_tqdm=False)
+    interrupter.join()
     wait_idle(tiny_llm)
     out = tiny_llm.generate("Hello", SamplingParams(temperature=0, max_tokens=3), use_tqdm=False)[0]
     assert out.finished
@@ -77,7 +84,7 @@ def test_callers_in_several_threads_are_batched_together(tiny_llm):
     for t in threads:
         t.start()
     while any(t.is_alive() for t in threads):
-        seen_running.append(tiny_llm.get_metrics().num_requests_running)
+        seen_running.append(tiny_llm.get_stats().num_requests_running)
         time.sleep(0.005)
     assert [results[i] for i in range(len(prompts))] == expected
     assert max(seen_running) >= 2  # they really ran in one batch
@@ -114,44 +121,45 @@ def test_soak_random_requests_and_aborts(tiny_llama_path):
                     assert 1 <= len(completion.token_ids) <= 24
         metrics = wait_idle(llm)
         assert metrics.num_preemptions > 0  # the pool was small enough to force preemption
-        bm = llm.llm_engine.block_manager
+        bm = llm.llm_engine.core.block_manager
         assert bm.num_free_blocks == bm.num_usable_blocks
         assert all(b.ref_cnt == 0 for b in bm.blocks[1:])
 
 
 def test_callers_get_the_engine_between_steps_while_it_is_busy(tiny_llm):
-    """Python's locks are unfair: without the loop stepping aside, get_metrics() can wait for seconds."""
+    """Callers reach the engine between two steps: get_stats() waits at most one step while the batch runs."""
     stream = tiny_llm.stream(["Once upon a time"] * 8, SamplingParams(temperature=0, max_tokens=200,
                                                                       ignore_eos=True))
     next(stream)
     latencies = []
     for _ in range(40):
         t0 = time.perf_counter()
-        metrics = tiny_llm.get_metrics()
+        metrics = tiny_llm.get_stats()
         latencies.append(time.perf_counter() - t0)
         assert metrics.num_requests_running > 0
     stream.close()
     wait_idle(tiny_llm)
-    assert max(latencies) < 0.25, f"slowest get_metrics() took {max(latencies):.3f}s"
+    assert max(latencies) < 0.25, f"slowest get_stats() took {max(latencies):.3f}s"
 
 
 def test_engine_is_built_and_stepped_in_its_loop_thread(tiny_llama_path, monkeypatch):
     """All engine tensor work runs in one thread: a second OpenMP team halves CPU speed."""
-    import nbllm.llm
+    from nbllm.engine.core import EngineCore
     from nbllm.engine.llm_engine import LLMEngine
 
     seen = {"init": set(), "step": set()}
+    build, step = LLMEngine.from_config.__func__, EngineCore.step
 
-    class RecordingEngine(LLMEngine):
-        def __init__(self, config):
-            seen["init"].add(threading.get_ident())
-            super().__init__(config)
+    def recording_build(cls, config):
+        seen["init"].add(threading.get_ident())
+        return build(cls, config)
 
-        def step(self):
-            seen["step"].add(threading.get_ident())
-            return super().step()
+    def recording_step(core):
+        seen["step"].add(threading.get_ident())
+        return step(core)
 
-    monkeypatch.setattr(nbllm.llm, "LLMEngine", RecordingEngine)
+    monkeypatch.setattr(LLMEngine, "from_config", classmethod(recording_build))
+    monkeypatch.setattr(EngineCore, "step", recording_step)
     with LLM(str(tiny_llama_path), num_kv_blocks=32, block_size=8) as llm:
         llm.generate("Hello", SamplingParams(max_tokens=3), use_tqdm=False)
         loop_thread = llm._loop._thread.ident

@@ -90,4 +90,4 @@ def test_beam_search_beats_greedy_and_frees_blocks(default_llm):
                                   use_tqdm=False)[0].outputs[0]
     assert len(beams.sequences) == 4
     assert beams.sequences[0].cum_logprob >= greedy.cumulative_logprob - 1e-4
-    assert default_llm.get_metrics().num_blocks_used == 0
+    assert default_llm.get_stats().num_blocks_used == 0

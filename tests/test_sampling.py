@@ -163,7 +163,7 @@ def test_prompt_logprobs_survive_chunking_and_preemption(tiny_llama_path):
     # small chunks, and a pool so small that the two requests preempt each other
     with LLM(str(tiny_llama_path), block_size=8, num_kv_blocks=12, max_num_batched_tokens=6) as llm:
         outs = llm.generate([prompt, prompt + " Again"], params, use_tqdm=False)
-        assert llm.get_metrics().num_preemptions > 0
+        assert llm.get_stats().num_preemptions > 0
     got = outs[0].prompt_logprobs
     assert len(got) == len(reference.prompt_logprobs) == len(outs[0].prompt_token_ids)
     for a, b in zip(got[1:], reference.prompt_logprobs[1:]):

@@ -8,7 +8,8 @@ tokens; a freed block keeps its hash and can be found again until it is reused
 zeroed padding block that attention kernels may read for masked positions.
 
 Nothing here touches tensors. Writes into a shared block are announced as
-copy-on-write pairs (src, dst) that the model runner performs before the step.
+copy-on-write pairs (src, dst) that the model runner performs before the step;
+`allocate_slots` counts, allocates and plans those copies in one call.
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ class BlockOwner(Protocol):
 
     @property
     def all_token_ids(self) -> Sequence[int]: ...
+
+
+@dataclass
+class SlotAllocation:
+    """A successful allocate_slots: the copy-on-write block copies the runner must do first."""
+
+    block_copies: list[tuple[int, int]]
 
 
 @dataclass
@@ -145,35 +153,30 @@ class BlockManager:
                 self._cached[block_hash] = block.block_id
 
     # ----------------------------------------------------------------- allocation
-    def can_allocate(self, num_blocks: int) -> bool:
-        return num_blocks <= len(self._free)
-
-    def num_blocks_to_allocate(self, request: BlockOwner, num_new_tokens: int,
-                               new_computed_blocks: Sequence[int] = ()) -> int:
-        """Free blocks that allocate_slots would take for this growth."""
-        total_tokens = request.num_computed_tokens + len(new_computed_blocks) * self.block_size + num_new_tokens
-        have = len(request.block_ids) + len(new_computed_blocks)
-        need_new = max(0, self.blocks_needed(total_tokens) - have)
-        revived = sum(1 for b in new_computed_blocks if self.blocks[b].ref_cnt == 0)
-        return need_new + revived
-
     def allocate_slots(self, request: BlockOwner, num_new_tokens: int,
-                       new_computed_blocks: Sequence[int] = ()) -> bool:
-        """Give the request room for `num_new_tokens` more tokens; False if the pool is short.
+                       new_computed_blocks: Sequence[int] = ()) -> Optional["SlotAllocation"]:
+        """Make room for `num_new_tokens` more tokens of the request; None (nothing changed) if the pool is short.
 
         `new_computed_blocks` are prefix-cache hits found by get_computed_blocks for a
-        request that holds no blocks yet; they are shared, not copied. On False nothing
-        has changed.
+        request that holds no blocks yet; they are shared, not copied. Blocks in the
+        write range that are shared with another request (a forked beam) are replaced
+        by private copies: the returned allocation lists the (src, dst) copies the model
+        runner must perform before the step writes.
         """
-        if self.num_blocks_to_allocate(request, num_new_tokens, new_computed_blocks) > len(self._free):
-            return False
-        total_tokens = request.num_computed_tokens + len(new_computed_blocks) * self.block_size + num_new_tokens
+        write_start = request.num_computed_tokens + len(new_computed_blocks) * self.block_size
+        total_tokens = write_start + num_new_tokens
+        have = len(request.block_ids) + len(new_computed_blocks)
+        revived = sum(1 for b in new_computed_blocks if self.blocks[b].ref_cnt == 0)
+        needed = max(0, self.blocks_needed(total_tokens) - have) + revived
+        needed += len(self._shared_blocks_in(request, write_start, total_tokens))
+        if needed > len(self._free):
+            return None
         for block_id in new_computed_blocks:
             self._take(block_id)
             request.block_ids.append(block_id)
         for _ in range(self.blocks_needed(total_tokens) - len(request.block_ids)):
             request.block_ids.append(self._pop_free())
-        return True
+        return SlotAllocation(self._copy_on_write(request, write_start, total_tokens))
 
     def free(self, request: BlockOwner) -> None:
         """Drop the request's references; tail blocks become the first to be reused."""
@@ -189,34 +192,6 @@ class BlockManager:
         child.block_ids = list(parent.block_ids)
         child.block_hashes = list(parent.block_hashes)
 
-    def copy_on_write(self, request: BlockOwner, num_new_tokens: int) -> list[tuple[int, int]]:
-        """Before writing tokens, replace shared blocks in the write range with private copies.
-
-        Returns (src, dst) pairs the model runner must copy. Call after allocate_slots.
-        Raises RuntimeError if the pool cannot supply the copies (callers check
-        num_free_blocks first).
-        """
-        first = request.num_computed_tokens // self.block_size
-        last = (request.num_computed_tokens + num_new_tokens - 1) // self.block_size
-        copies = []
-        for i in range(first, last + 1):
-            src = request.block_ids[i]
-            if self.blocks[src].ref_cnt > 1:
-                if not self._free:
-                    raise RuntimeError("no free block for copy-on-write")
-                dst = self._pop_free()
-                self._release(src)
-                request.block_ids[i] = dst
-                copies.append((src, dst))
-        return copies
-
-    def num_shared_write_blocks(self, request: BlockOwner, num_new_tokens: int) -> int:
-        """How many blocks copy_on_write would need for this write."""
-        first = request.num_computed_tokens // self.block_size
-        last = min((request.num_computed_tokens + num_new_tokens - 1) // self.block_size,
-                   len(request.block_ids) - 1)
-        return sum(1 for i in range(first, last + 1) if self.blocks[request.block_ids[i]].ref_cnt > 1)
-
     def reset_prefix_cache(self) -> None:
         """Forget every cached prefix held by a free block."""
         for block_id in self._free:
@@ -226,6 +201,23 @@ class BlockManager:
                 block.block_hash = None
 
     # ----------------------------------------------------------------- internals
+    def _shared_blocks_in(self, request: BlockOwner, start: int, end: int) -> list[int]:
+        """Indices into the block table of held blocks in token range [start, end) that others share."""
+        last = min((end - 1) // self.block_size, len(request.block_ids) - 1)
+        return [i for i in range(start // self.block_size, last + 1)
+                if self.blocks[request.block_ids[i]].ref_cnt > 1]
+
+    def _copy_on_write(self, request: BlockOwner, start: int, end: int) -> list[tuple[int, int]]:
+        """Replace shared blocks in the write range by private copies (the free blocks were counted)."""
+        copies = []
+        for i in self._shared_blocks_in(request, start, end):
+            src = request.block_ids[i]
+            dst = self._pop_free()
+            self._release(src)
+            request.block_ids[i] = dst
+            copies.append((src, dst))
+        return copies
+
     def _pop_free(self) -> int:
         block_id, _ = self._free.popitem(last=False)
         block = self.blocks[block_id]

@@ -1,14 +1,14 @@
-"""The engine's background step loop: many callers, one continuous batch.
+"""The engine's thread: many callers, one continuous batch, one queue in.
 
-Any thread may submit or abort; one daemon thread steps the engine while work
-exists and sleeps otherwise. Each request gets a RequestStream, a queue its
-caller reads outputs from. The caller's thread only waits on that queue, so a
-KeyboardInterrupt (a notebook's interrupt) lands in the caller, which aborts its
-requests: the loop frees their blocks and keeps serving. An exception inside a
-step fails the requests of that step with the error and leaves the engine usable.
+Callers never touch the engine. They put commands on a queue (add a request, abort,
+run a read-only call such as a stats snapshot, stop) and return at once; the loop
+thread drains the queue between steps, steps while work exists and blocks on the
+queue otherwise. Each request's outputs go to its RequestStream, which only this
+thread feeds. A notebook interrupt lands in the caller waiting on its stream, which
+queues an abort: the loop frees the request's blocks before the next step.
 
-Callers get the engine between two steps, never later: Python's locks are not
-fair, so the loop steps aside after a step whenever a caller is waiting.
+An exception inside a step fails the requests in flight with the error and leaves
+the engine usable.
 
 The loop thread also builds the engine, so every tensor operation of the engine runs
 in that one thread. On CPUs this matters: each thread that runs parallel torch ops
@@ -22,13 +22,14 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
-from contextlib import contextmanager
-from typing import Callable, Iterator, Optional, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence, Union
 
+from nbllm.engine.input_processor import NewBeamSearch, NewRequest
 from nbllm.engine.llm_engine import LLMEngine
-from nbllm.outputs import RequestOutput
-from nbllm.sampling_params import BeamSearchParams, SamplingParams
+from nbllm.streams import RequestStream, wait_for
 
 logger = logging.getLogger(__name__)
 
@@ -37,42 +38,28 @@ class EngineDeadError(RuntimeError):
     pass
 
 
-class RequestStream:
-    """Outputs of one request as they are produced; iterate, or wait for the last."""
+@dataclass
+class _Add:
+    request: Union[NewRequest, NewBeamSearch]
+    stream: RequestStream
 
-    def __init__(self, request_id: str, sink: Optional[queue.Queue] = None, sink_key: object = None):
-        self.request_id = request_id
-        self._queue: "queue.Queue[RequestOutput | BaseException]" = queue.Queue()
-        self._sink = sink  # when given, items go there as (sink_key, item) instead
-        self._sink_key = sink_key
-        self.finished = False
-        self.last: Optional[RequestOutput] = None
 
-    def put(self, item: "RequestOutput | BaseException") -> None:
-        if self._sink is not None:
-            self._sink.put((self._sink_key, item))
-        else:
-            self._queue.put(item)
+@dataclass
+class _Abort:
+    request_ids: list[str]
 
-    def get(self, timeout: Optional[float] = None) -> RequestOutput:
-        """The next output; raises the engine's error if the request failed."""
-        item = self._queue.get(timeout=timeout)
-        if isinstance(item, BaseException):
-            self.finished = True
-            raise item
-        self.last = item
-        self.finished = item.finished
-        return item
 
-    def __iter__(self) -> Iterator[RequestOutput]:
-        while not self.finished:
-            yield self.get()
+@dataclass
+class _Call:
+    fn: Callable[[LLMEngine], Any]
+    result: Future
 
-    def result(self) -> RequestOutput:
-        for _ in self:
-            pass
-        assert self.last is not None
-        return self.last
+
+class _Stop:
+    pass
+
+
+Command = Union[_Add, _Abort, _Call, _Stop]
 
 
 class EngineLoop:
@@ -82,148 +69,147 @@ class EngineLoop:
         An error while building is raised here, in the caller's thread. An interrupt
         while waiting stops the loop as soon as the engine is built.
         """
-        self.engine: Optional[LLMEngine] = None
-        self._lock = threading.Lock()
-        self._work = threading.Condition(self._lock)
-        self._callers_waiting = 0  # callers queued for the lock; the loop yields to them
-        self._callers_lock = threading.Lock()
-        self._streams: dict[str, RequestStream] = {}
-        self._stopped = False
-        self._counter = 0
-        self._built = threading.Event()
-        self._build_error: Optional[BaseException] = None
-        self._thread = threading.Thread(target=self._run, args=(build_engine,), name="nbllm-engine", daemon=True)
+        self._commands: "queue.SimpleQueue[Command]" = queue.SimpleQueue()
+        self._streams: dict[str, RequestStream] = {}  # the loop thread's alone
+        self._stopped = threading.Event()
+        built: Future = Future()
+        self._thread = threading.Thread(target=self._run, args=(build_engine, built), name="nbllm-engine",
+                                        daemon=True)
         self._thread.start()
         try:
-            while not self._built.wait(0.05):
-                pass
+            self.engine: LLMEngine = wait_for_future(built)
         except BaseException:
-            self._stopped = True
+            self._stopped.set()
+            self._commands.put(_Stop())
             raise
-        if self._build_error is not None:
-            raise self._build_error
 
     # ----------------------------------------------------------------- callers
-    def submit(self, prompt: Optional[str], prompt_token_ids: Sequence[int], params: SamplingParams,
-               request_id: Optional[str] = None, sink: Optional[queue.Queue] = None,
-               sink_key: object = None) -> RequestStream:
-        """Queue a request; bad input raises here, in the caller's thread.
+    def add(self, request: Union[NewRequest, NewBeamSearch], stream: RequestStream) -> None:
+        """Queue a validated request; its outputs go to `stream` (an id in use fails the stream)."""
+        if self._stopped.is_set():
+            raise EngineDeadError("the engine has been shut down")
+        self._commands.put(_Add(request, stream))
 
-        With a sink, outputs of this request are put there as (sink_key, item), so
-        one caller can wait on many requests at once.
-        """
-        return self._register(lambda engine, rid: engine.add_request(rid, prompt, prompt_token_ids, params),
-                              request_id, sink, sink_key)
+    def abort(self, request_ids: Union[str, Sequence[str]]) -> None:
+        """Queue an abort; the requests' final outputs reach their streams after the current step."""
+        ids = [request_ids] if isinstance(request_ids, str) else list(request_ids)
+        if ids and not self._stopped.is_set():
+            self._commands.put(_Abort(ids))
 
-    def submit_beam_search(self, prompt: Optional[str], prompt_token_ids: Sequence[int], params: BeamSearchParams,
-                           sink: Optional[queue.Queue] = None, sink_key: object = None) -> RequestStream:
-        """Queue a beam search; its stream receives one BeamSearchOutput."""
-        return self._register(lambda engine, rid: engine.add_beam_request(rid, prompt, prompt_token_ids, params),
-                              None, sink, sink_key)
-
-    def _register(self, add, request_id: Optional[str], sink: Optional[queue.Queue],
-                  sink_key: object) -> RequestStream:
-        with self._turn():
-            if self._stopped:
-                raise EngineDeadError("the engine has been shut down")
-            if request_id is None:
-                self._counter += 1
-                request_id = str(self._counter)
-            add(self.engine, request_id)
-            stream = RequestStream(request_id, sink, sink_key)
-            self._streams[request_id] = stream
-            self._work.notify()
-        return stream
-
-    def abort(self, request_ids: str | Sequence[str]) -> None:
-        if isinstance(request_ids, str):
-            request_ids = [request_ids]
-        with self._turn():
-            outputs = self.engine.abort_request(list(request_ids))
-            streams = [self._streams.pop(o.request_id, None) for o in outputs]
-        for stream, output in zip(streams, outputs):
-            if stream is not None:
-                stream.put(output)
-
-    def call(self, fn, *args, **kwargs):
-        """Run fn(engine, ...) between steps, under the engine's lock."""
-        with self._turn():
-            return fn(self.engine, *args, **kwargs)
+    def call(self, fn: Callable[[LLMEngine], Any]) -> Any:
+        """Run fn(engine) in the loop thread between two steps and return its result."""
+        if self._stopped.is_set():
+            raise EngineDeadError("the engine has been shut down")
+        result: Future = Future()
+        self._commands.put(_Call(fn, result))
+        return wait_for_future(result)
 
     def shutdown(self) -> None:
-        with self._turn():
-            self._stopped = True
-            self._work.notify()
-        self._thread.join(timeout=30)
-        with self._turn():
-            request_ids = list(self._streams)
-        self.abort(request_ids)
-        self.engine.shutdown()
+        """Stop the loop: unfinished requests end aborted, and the weights and KV pool are released."""
+        if not self._stopped.is_set():
+            self._stopped.set()
+            self._commands.put(_Stop())
+        self._thread.join(timeout=60)
+        if not self._thread.is_alive():
+            self._refuse_queued()
 
     @property
     def is_running(self) -> bool:
-        return self._thread.is_alive() and not self._stopped
-
-    @contextmanager
-    def _turn(self):
-        """The engine's lock for a caller, granted at the next step boundary."""
-        with self._callers_lock:
-            self._callers_waiting += 1
-        try:
-            self._lock.acquire()
-        finally:
-            with self._callers_lock:
-                self._callers_waiting -= 1
-        try:
-            yield
-        finally:
-            self._lock.release()
-
-    def _yield_to_callers(self) -> None:
-        while self._callers_waiting:
-            time.sleep(0.0002)
+        return self._thread.is_alive() and not self._stopped.is_set()
 
     # ----------------------------------------------------------------- the loop
-    def _run(self, build_engine: Callable[[], LLMEngine]) -> None:
+    def _run(self, build_engine: Callable[[], LLMEngine], built: Future) -> None:
         try:
-            self.engine = build_engine()
+            engine = build_engine()
         except BaseException as exc:  # raised again in the caller's thread
-            self._build_error = exc
-            self._stopped = True
-            self._built.set()
+            self._stopped.set()
+            built.set_exception(exc)
             return
-        self._built.set()
-        if self._stopped:  # the caller was interrupted while the engine loaded
-            self.engine.shutdown()
-            return
-        while True:
-            with self._work:
-                while not self._stopped and not self.engine.has_unfinished_requests():
-                    self._work.wait()
-                if self._stopped:
-                    return
+        built.set_result(engine)
+        core = engine.core
+        running = True
+        while running:
+            running = self._handle(self._commands.get(), engine)  # idle: block until a command
+            while running:  # then take everything queued before stepping
                 try:
-                    outputs = self.engine.step()
-                    failed: list[tuple[RequestStream, BaseException]] = []
-                except Exception as exc:  # a bug or resource error: fail this work, keep serving
-                    logger.exception("engine step failed")
-                    outputs = []
-                    failed = self._fail_all(exc)
-                deliveries = []
-                for output in outputs:
-                    stream = self._streams.get(output.request_id)
-                    if stream is not None:
-                        deliveries.append((stream, output))
-                        if output.finished:
-                            del self._streams[output.request_id]
-            for stream, output in deliveries:
-                stream.put(output)
-            for stream, exc in failed:
-                stream.put(exc)
-            self._yield_to_callers()
+                    command = self._commands.get_nowait()
+                except queue.Empty:
+                    break
+                running = self._handle(command, engine)
+            while running and core.has_unfinished_requests() and self._commands.empty():
+                self._step(engine)
+        self._deliver(core.shutdown())
+        for stream in self._streams.values():
+            stream.put(EngineDeadError("the engine has been shut down"))
+        self._streams.clear()
+        self._refuse_queued()
 
-    def _fail_all(self, exc: Exception) -> list[tuple[RequestStream, BaseException]]:
-        request_ids = list(self._streams)
-        self.engine.abort_request(request_ids)
-        failed = [(self._streams.pop(rid), RuntimeError(f"the engine step failed: {exc!r}")) for rid in request_ids]
-        return failed
+    def _refuse_queued(self) -> None:
+        """Answer commands that arrived after the stop, so that no caller waits forever."""
+        while True:
+            try:
+                command = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(command, _Add):
+                command.stream.put(EngineDeadError("the engine has been shut down"))
+            elif isinstance(command, _Call) and command.result.set_running_or_notify_cancel():
+                command.result.set_exception(EngineDeadError("the engine has been shut down"))
+
+    def _handle(self, command: Command, engine: LLMEngine) -> bool:
+        """Apply one command; False when the loop should stop."""
+        if isinstance(command, _Stop):
+            return False
+        if isinstance(command, _Add):
+            request_id = command.request.request_id
+            if request_id in self._streams:
+                command.stream.put(ValueError(f"request id {request_id!r} is already in use"))
+                return True
+            try:
+                if isinstance(command.request, NewBeamSearch):
+                    engine.core.add_beam_search(command.request)
+                else:
+                    engine.core.add_request(command.request)
+            except Exception as exc:  # a bad request fails alone
+                command.stream.put(exc)
+                return True
+            self._streams[request_id] = command.stream
+        elif isinstance(command, _Abort):
+            self._deliver(engine.core.abort_requests(command.request_ids))
+        elif isinstance(command, _Call) and command.result.set_running_or_notify_cancel():
+            try:
+                command.result.set_result(command.fn(engine))
+            except BaseException as exc:
+                command.result.set_exception(exc)
+        return True
+
+    def _step(self, engine: LLMEngine) -> None:
+        try:
+            outputs = engine.core.step()
+        except Exception as exc:  # a bug or resource error: fail the work in flight, keep serving
+            logger.exception("engine step failed")
+            request_ids = list(self._streams)
+            engine.core.abort_requests(request_ids)
+            error = RuntimeError(f"the engine step failed: {exc!r}")
+            for request_id in request_ids:
+                self._streams.pop(request_id).put(error)
+            return
+        self._deliver(outputs)
+
+    def _deliver(self, outputs: list) -> None:
+        for output in outputs:
+            stream = self._streams.get(output.request_id)
+            if stream is None:
+                continue
+            if output.finished:
+                del self._streams[output.request_id]
+            stream.put(output)
+
+
+def wait_for_future(future: Future) -> Any:
+    """The future's result, waited for in short slices so a KeyboardInterrupt lands promptly."""
+    while True:
+        try:
+            return future.result(timeout=0.05)
+        except FutureTimeout:
+            continue

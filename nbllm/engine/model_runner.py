@@ -9,7 +9,6 @@ also computes prompt logprobs for requests that ask for them.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -19,8 +18,10 @@ from nbllm.config import DEFAULT_CPU_KV_CACHE_BYTES, EngineConfig
 from nbllm.engine.block_manager import NULL_BLOCK_ID
 from nbllm.engine.cuda_graphs import decode_graph_runner_for
 from nbllm.engine.scheduler import ScheduledRequest, SchedulerOutput
-from nbllm.engine.sequence import Request
-from nbllm.layers.attention import Attention, AttentionMetadata, get_attention_backend
+from nbllm.engine.step_result import StepResult
+from nbllm.layers.attention import Attention
+from nbllm.layers.attention_backend import AttentionMetadata
+from nbllm.layers.attention_selector import get_attention_backend
 from nbllm.layers.packed_linear import prepack_linears
 from nbllm.layers.sampler import Sampler, SamplingRow
 from nbllm.loader import iter_weights
@@ -28,16 +29,6 @@ from nbllm.models.registry import model_class_for
 from nbllm.outputs import Logprob
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class StepResult:
-    """What one request got out of a step."""
-
-    token_id: Optional[int] = None  # None: a prefill chunk that did not reach the end
-    logprob: float = 0.0
-    top_logprobs: Optional[tuple[list[int], list[float], int]] = None
-    prompt_logprobs: Optional[list[Optional[dict[int, Logprob]]]] = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -135,8 +126,11 @@ class ModelRunner:
 
     # ----------------------------------------------------------------- a step
     @torch.inference_mode()
-    def execute(self, out: SchedulerOutput, rows: dict[int, SamplingRow]) -> dict[int, StepResult]:
-        """Run one step; `rows` maps id(request) to its sampling row. Results keyed the same way."""
+    def execute(self, out: SchedulerOutput, rows: dict[str, SamplingRow]) -> dict[str, StepResult]:
+        """Run one step; `rows` maps the request id of each sampling sequence to its sampling row.
+
+        Returns a StepResult per scheduled sequence, keyed by its request id.
+        """
         for src, dst in out.block_copies:
             self._pool[:, :, dst].copy_(self._pool[:, :, src])
         # Single-token chunks first: the attention backends batch them as decodes.
@@ -147,11 +141,11 @@ class ModelRunner:
         else:
             hidden = self.model(input_ids, positions, self.kv_caches, meta)
 
-        results: dict[int, StepResult] = {}
+        results: dict[str, StepResult] = {}
         sample_index, sample_rows, offset = [], [], 0
         for item in scheduled:
             request = item.request
-            key = id(request)
+            key = request.request_id
             results[key] = StepResult()
             if request.sampling_params.prompt_logprobs is not None and request.is_prefilling_prompt:
                 results[key].prompt_logprobs = self._prompt_logprobs(hidden[offset:offset + item.num_new_tokens], item)
@@ -232,7 +226,3 @@ class ModelRunner:
                     entry.setdefault(tid, Logprob(value, r + 1))
             entries.append(entry)
         return entries
-
-
-def stop_ids_for_min_tokens(request: Request) -> frozenset[int]:
-    return frozenset(request.eos_token_ids) | frozenset(request.sampling_params.stop_token_ids or ())

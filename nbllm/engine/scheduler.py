@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
-from nbllm.engine.block_manager import BlockManager
+from nbllm.engine.block_manager import BlockManager, SlotAllocation
 from nbllm.engine.sequence import Request, RequestStatus
 
 
@@ -89,7 +89,7 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
         budget = self.max_num_batched_tokens
-        scheduled_ids: set[int] = set()
+        scheduled_ids: set[str] = set()
 
         i = 0
         while i < len(self.running) and budget > 0:
@@ -98,11 +98,12 @@ class Scheduler:
             if num_new == 0:  # a beam waiting for its group's selection
                 i += 1
                 continue
-            if not self._allocate_or_preempt(request, num_new, out, scheduled_ids):
+            allocation = self._allocate_or_preempt(request, num_new, out, scheduled_ids)
+            if allocation is None:
                 break  # the request preempted itself; everything after it is gone too
-            out.block_copies += self.block_manager.copy_on_write(request, num_new)
+            out.block_copies += allocation.block_copies
             out.scheduled.append(ScheduledRequest(request, num_new))
-            scheduled_ids.add(id(request))
+            scheduled_ids.add(request.request_id)
             budget -= num_new
             i += 1
 
@@ -111,22 +112,22 @@ class Scheduler:
         return out
 
     def _allocate_or_preempt(self, request: Request, num_new: int, out: SchedulerOutput,
-                             scheduled_ids: set[int]) -> bool:
-        bm = self.block_manager
+                             scheduled_ids: set[str]) -> Optional[SlotAllocation]:
+        """Allocate, preempting the newest unscheduled running requests until it fits (None: it did not)."""
         while True:
-            needed = bm.num_blocks_to_allocate(request, num_new) + bm.num_shared_write_blocks(request, num_new)
-            if bm.can_allocate(needed):
-                return bm.allocate_slots(request, num_new)
+            allocation = self.block_manager.allocate_slots(request, num_new)
+            if allocation is not None:
+                return allocation
             victim = self._pick_victim(scheduled_ids)
             if victim is None:
-                return False
+                return None
             self._preempt(victim, out)
             if victim is request:
-                return False
+                return None
 
-    def _pick_victim(self, scheduled_ids: set[int]) -> Optional[Request]:
+    def _pick_victim(self, scheduled_ids: set[str]) -> Optional[Request]:
         for request in reversed(self.running):
-            if id(request) not in scheduled_ids:
+            if request.request_id not in scheduled_ids:
                 return request
         return None
 
@@ -147,7 +148,8 @@ class Scheduler:
             if request.num_computed_tokens == 0 and not request.block_ids and not _wants_prompt_logprobs(request):
                 computed_blocks, num_cached = bm.get_computed_blocks(request)
             num_new = min(request.num_tokens - request.num_computed_tokens - num_cached, budget)
-            if not bm.allocate_slots(request, num_new, computed_blocks):
+            allocation = bm.allocate_slots(request, num_new, computed_blocks)
+            if allocation is None:
                 break
             self.waiting.popleft()
             if request.metrics.num_preemptions == 0 and request.num_computed_tokens == 0:
@@ -156,7 +158,7 @@ class Scheduler:
             request.num_computed_tokens += num_cached
             request.status = RequestStatus.RUNNING
             self.running.append(request)
-            out.block_copies += bm.copy_on_write(request, num_new)
+            out.block_copies += allocation.block_copies
             out.scheduled.append(ScheduledRequest(request, num_new))
             budget -= num_new
 

@@ -1,0 +1,81 @@
+"""InputProcessor: a user's prompt and parameters made into a request the engine core accepts.
+
+Runs in the caller's thread and touches no engine state: it parses the prompt
+(nbllm/inputs.py), tokenizes it, checks it against the model (vocabulary, context
+length) and prepares what sampling needs (bad words as token ids). Every problem
+raises ValueError/TypeError here, before anything is queued. The result is plain
+data; the engine core builds its sequences (one per completion, `n` of them) from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+from nbllm.inputs import PromptType, parse_prompt
+from nbllm.metrics import now
+from nbllm.sampling_params import BeamSearchParams, SamplingParams
+
+
+@dataclass(frozen=True)
+class NewRequest:
+    """A validated request: the core fans it out into `params.n` sequences."""
+
+    request_id: str
+    prompt: Optional[str]
+    prompt_token_ids: list[int]
+    params: SamplingParams  # the engine's own copy
+    bad_words_token_ids: list[list[int]]
+    arrival_time: float
+
+
+@dataclass(frozen=True)
+class NewBeamSearch:
+    """A validated beam search request."""
+
+    request_id: str
+    prompt: Optional[str]
+    prompt_token_ids: list[int]
+    params: BeamSearchParams
+    arrival_time: float
+
+
+class InputProcessor:
+    def __init__(self, tokenizer: Any, vocab_size: int, max_model_len: int):
+        self.tokenizer = tokenizer
+        self.vocab_size = vocab_size
+        self.max_model_len = max_model_len
+
+    def process(self, request_id: str, prompt: PromptType, params: SamplingParams) -> NewRequest:
+        """Tokenize and validate one prompt with its parameters."""
+        if not isinstance(params, SamplingParams):
+            raise TypeError(f"sampling_params must be SamplingParams, got {type(params).__name__}")
+        text, token_ids = self.tokenize(prompt)
+        params.validate_for_vocab(self.vocab_size)
+        bad_words = [self.tokenizer.encode(prefix + word, add_special_tokens=False)
+                     for prefix in ("", " ") for word in params.bad_words]
+        return NewRequest(request_id, text, token_ids, params.clone(), [w for w in bad_words if w], now())
+
+    def process_beam_search(self, request_id: str, prompt: PromptType, params: BeamSearchParams) -> NewBeamSearch:
+        if not isinstance(params, BeamSearchParams):
+            raise TypeError(f"params must be BeamSearchParams, got {type(params).__name__}")
+        text, token_ids = self.tokenize(prompt)
+        return NewBeamSearch(request_id, text, token_ids, params, now())
+
+    def tokenize(self, prompt: PromptType) -> tuple[Optional[str], list[int]]:
+        """The prompt's text (if any) and its checked token ids."""
+        parsed = parse_prompt(prompt)
+        token_ids = parsed.token_ids if parsed.token_ids is not None else self.tokenizer.encode(parsed.text)
+        return parsed.text, self.check_prompt_tokens(token_ids)
+
+    def check_prompt_tokens(self, token_ids: Sequence[int]) -> list[int]:
+        token_ids = [int(t) for t in token_ids]
+        if not token_ids:
+            raise ValueError("the prompt is empty: it must contain at least one token")
+        bad = [t for t in token_ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise ValueError(f"prompt token ids outside the vocabulary [0, {self.vocab_size}): {bad[:5]}")
+        if len(token_ids) >= self.max_model_len:
+            raise ValueError(f"the prompt is {len(token_ids)} tokens long, but the maximum model length "
+                             f"is {self.max_model_len} (including at least one generated token)")
+        return token_ids
