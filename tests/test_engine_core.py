@@ -265,3 +265,16 @@ def test_input_processor_checks_token_ids_in_params(processor):
         processor.process("r", "hi", SamplingParams(stop_token_ids=[VOCAB + 1]))
     with pytest.raises(TypeError, match="SamplingParams"):
         processor.process("r", "hi", {"max_tokens": 3})
+
+
+def test_a_beam_search_whose_scoring_overflows_fails_alone():
+    engine = fake_engine()
+    add(engine, "plain", "abc", max_tokens=6, ignore_eos=True)
+    search = engine.input_processor.process_beam_search(
+        "huge", {"prompt_token_ids": [5, 6]}, BeamSearchParams(beam_width=2, max_tokens=3, length_penalty=1e308))
+    engine.core.add_beam_search(search)
+    done = finals(run_to_end(engine))
+    [(request_id, error)] = engine.core.take_failures()
+    assert request_id == "huge" and isinstance(error, OverflowError)
+    assert set(done) == {"plain"} and done["plain"].outputs[0].token_ids == expected_tokens(list(b"abc"), 6)
+    assert_all_blocks_free(engine)

@@ -115,3 +115,24 @@ def test_a_failed_build_raises_in_the_caller():
 
     with pytest.raises(FileNotFoundError, match="no weights here"):
         EngineLoop(broken)
+
+
+def test_an_error_of_one_request_ends_that_request_only(loop):
+    """A request whose own post-processing raises (here: its scoring) fails alone; the batch finishes."""
+    processor = loop.engine.core.output_processor
+    original = processor.append_token
+
+    def failing_for_bad(request, result, t):
+        if request.parent_id == "bad" and request.num_output_tokens == 3:
+            raise OverflowError("its score overflowed")
+        return original(request, result, t)
+
+    processor.append_token = failing_for_bad
+    good = [submit(loop, f"good{i}", f"prompt {i}", max_tokens=20, ignore_eos=True) for i in range(3)]
+    bad = submit(loop, "bad", "prompt", n=2, max_tokens=20, ignore_eos=True)
+    with pytest.raises(OverflowError, match="overflowed"):
+        bad.result()
+    for i, stream in enumerate(good):
+        assert stream.result().outputs[0].token_ids == expected_tokens(list(f"prompt {i}".encode()), 20)
+    stats = loop.call(lambda engine: engine.core.get_stats())
+    assert stats.num_blocks_used == 0 and stats.num_requests_running == 0

@@ -55,6 +55,7 @@ class EngineCore:
         self.output_processor = OutputProcessor(tokenizer, max_model_len, self.metrics)
         self._beam_groups: dict[str, BeamGroup] = {}
         self._num_forks = 0
+        self._failures: list[tuple[str, Exception]] = []
 
     # ----------------------------------------------------------------- requests
     def add_request(self, new: NewRequest) -> None:
@@ -148,35 +149,68 @@ class EngineCore:
         touched: dict[str, None] = {}  # user request ids in step order
         groups: dict[str, BeamGroup] = {}
         generated = 0
+        failed: set[str] = set()
         for item in out.scheduled:
             request = item.request
-            result = results[request.request_id]
-            if result.prompt_logprobs is not None:
-                self.output_processor.add_prompt_logprobs(request, result.prompt_logprobs)
-            if result.token_id is None:
+            owner = request.beam_group_id or request.parent_id
+            if owner in failed:
                 continue
-            if request.beam_group_id is not None:
-                request.beam_candidates = candidates_from_result(result.token_id, result.logprob,
-                                                                 result.top_logprobs)
-                groups[request.beam_group_id] = self._beam_groups[request.beam_group_id]
-                continue
-            generated += 1
-            status = self.output_processor.append_token(request, result, t)
-            if status is not None:
-                request.metrics.finished_time = t
-                self.scheduler.finish_request(request, status)
-            touched[request.parent_id] = None
+            try:
+                generated += self._take_result(request, results[request.request_id], t, touched, groups)
+            except Exception as exc:  # this request's own fault (e.g. an overflow in its scoring): it alone ends
+                failed.add(owner)
+                self._fail(owner, exc)
         outputs: list[EngineOutput] = []
         for group in groups.values():
-            if group.ready():
+            if group.request_id not in self._beam_groups or not group.ready():
+                continue
+            try:
                 generated += group.expand(self._fork_beam, self._drop_beam)
                 if group.finished:
                     outputs.append(group.output())
                     del self._beam_groups[group.request_id]
                     self.metrics.requests_finished_total += 1
+            except Exception as exc:
+                self._fail(group.request_id, exc)
         self.metrics.record_generated(generated, t)
-        outputs += self.output_processor.outputs_for(touched, t)
+        outputs += self.output_processor.outputs_for(
+            [rid for rid in touched if rid in self.output_processor.requests], t)
         return outputs
+
+    def _take_result(self, request: Request, result: StepResult, t: float, touched: dict[str, None],
+                     groups: dict[str, BeamGroup]) -> int:
+        """Apply one sequence's step result; returns the number of tokens it generated (0 or 1)."""
+        if result.prompt_logprobs is not None:
+            self.output_processor.add_prompt_logprobs(request, result.prompt_logprobs)
+        if result.token_id is None:
+            return 0
+        if request.beam_group_id is not None:
+            request.beam_candidates = candidates_from_result(result.token_id, result.logprob, result.top_logprobs)
+            groups[request.beam_group_id] = self._beam_groups[request.beam_group_id]
+            return 0
+        touched[request.parent_id] = None
+        status = self.output_processor.append_token(request, result, t)
+        if status is not None:
+            request.metrics.finished_time = t
+            self.scheduler.finish_request(request, status)
+        return 1
+
+    def _fail(self, request_id: str, error: Exception) -> None:
+        """End one user request (or beam search) after an error of its own, freeing its blocks."""
+        group = self._beam_groups.pop(request_id, None)
+        if group is not None:
+            for request in group.requests:
+                self._drop_beam(request)
+        else:
+            user = self.output_processor.requests.pop(request_id, None)
+            if user is not None:
+                self.scheduler.abort_requests(user.children)
+        self._failures.append((request_id, error))
+
+    def take_failures(self) -> list[tuple[str, Exception]]:
+        """Requests that failed on their own since the last call, with their errors."""
+        failures, self._failures = self._failures, []
+        return failures
 
     # ----------------------------------------------------------------- beams
     def _fork_beam(self, parent: Request) -> Request:

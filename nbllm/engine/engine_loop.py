@@ -7,8 +7,9 @@ queue otherwise. Each request's outputs go to its RequestStream, which only this
 thread feeds. A notebook interrupt lands in the caller waiting on its stream, which
 queues an abort: the loop frees the request's blocks before the next step.
 
-An exception inside a step fails the requests in flight with the error and leaves
-the engine usable.
+An error that belongs to one request (raised while processing its result) ends that
+request alone, with the error on its stream; an exception from the model step itself
+fails the requests in flight and leaves the engine usable.
 
 The loop thread also builds the engine, so every tensor operation of the engine runs
 in that one thread. On CPUs this matters: each thread that runs parallel torch ops
@@ -195,6 +196,10 @@ class EngineLoop:
                 self._streams.pop(request_id).put(error)
             return
         self._deliver(outputs)
+        for request_id, error in engine.core.take_failures():
+            stream = self._streams.pop(request_id, None)
+            if stream is not None:
+                stream.put(error)
 
     def _deliver(self, outputs: list) -> None:
         for output in outputs:
