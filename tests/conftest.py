@@ -1,7 +1,7 @@
 """Shared test set-up: no network, Triton through its interpreter where there is no GPU.
 
 TRITON_INTERPRET must be in the environment before any ``@triton.jit`` decorator
-runs, so it is set here, before the tests import nbllm_kernels.
+runs, so it is set here, before the tests import nbllm_kernels (kernels/nbllm_kernels).
 """
 
 import os
