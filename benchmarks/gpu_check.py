@@ -90,8 +90,7 @@ def _seconds_per_call(fn, dry: bool, iters: int = 20) -> float:
 
 def decode_bandwidth(device: str, dry: bool) -> list[str]:
     """Bytes of K and V read per second by paged decode attention on shuffled blocks, per tuning."""
-    from nbllm_kernels import paged_decode_attention
-    from nbllm_kernels.decode_attention import choose_num_splits
+    from nbllm_kernels import choose_num_splits, paged_decode_attention
 
     dtype = torch.float32 if dry else torch.bfloat16
     shapes = ((2, 64, 4, 2, 64),) if dry else ((16, 8192, 32, 8, 128), (64, 4096, 32, 8, 128), (1, 32768, 32, 8, 128))

@@ -10,7 +10,7 @@ import torch
 
 from nbllm import LLM, SamplingParams
 from nbllm.engine.cuda_graphs import DecodeGraphRunner, batch_size_buckets
-from nbllm.layers.attention import TorchAttentionBackend
+from nbllm.layers.torch_attention import TorchAttentionBackend
 
 pytest.importorskip("triton")
 

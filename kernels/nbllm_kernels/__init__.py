@@ -1,4 +1,7 @@
-"""Triton kernels for nbllm's paged KV cache, each beside a plain PyTorch reference.
+"""Triton kernels for nbllm's paged KV cache.
+
+Their plain PyTorch twin is nbllm's TorchAttentionBackend (nbllm/layers/torch_attention.py):
+the same cache contract, the CPU path, and what tests/kernels holds these kernels to.
 
 The cache contract shared with the engine:
 
@@ -12,25 +15,18 @@ The cache contract shared with the engine:
   those written for the current step. Query head h uses kv head h // (Hq // Hkv).
 
 Triton is optional: the kernels load on first access (``nbllm_kernels.store_kv_cache``),
-so the ``*_ref`` functions work where Triton is not installed. Without a GPU, set
+so ``import nbllm_kernels`` works where Triton is not installed. Without a GPU, set
 ``TRITON_INTERPRET=1`` in the environment before that first access, or the kernels
 cannot launch on CPU tensors.
 """
 
 import importlib
 
-from nbllm_kernels.reference import (
-    fused_add_rms_norm_ref,
-    paged_decode_attention_ref,
-    paged_prefill_attention_ref,
-    store_kv_cache_ref,
-)
-
 _KERNEL_MODULES = {
     "store_kv_cache": "nbllm_kernels.store_kv",
     "paged_decode_attention": "nbllm_kernels.decode_attention",
     "paged_prefill_attention": "nbllm_kernels.prefill_attention",
-    "fused_add_rms_norm": "nbllm_kernels.rms_norm",
+    "choose_num_splits": "nbllm_kernels.decode_attention",
 }
 
 
@@ -40,13 +36,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'nbllm_kernels' has no attribute {name!r}")
 
 
-__all__ = [
-    "fused_add_rms_norm",
-    "fused_add_rms_norm_ref",
-    "paged_decode_attention",
-    "paged_decode_attention_ref",
-    "paged_prefill_attention",
-    "paged_prefill_attention_ref",
-    "store_kv_cache",
-    "store_kv_cache_ref",
-]
+__all__ = ["choose_num_splits", "paged_decode_attention", "paged_prefill_attention", "store_kv_cache"]

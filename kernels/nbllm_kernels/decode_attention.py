@@ -1,6 +1,7 @@
 """Flash-decoding over the paged KV cache: one query token per sequence.
 
-Same contract as ``paged_decode_attention_ref``. A sequence's context is cut into
+Each sequence's single query attends to its ``seq_lens[b]`` cached tokens, as the
+decodes of TorchAttentionBackend do. A sequence's context is cut into
 ``num_splits`` runs of whole BLOCK_N-token tiles so that long contexts spread over
 many programs even when the batch is small:
 

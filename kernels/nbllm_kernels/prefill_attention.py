@@ -1,6 +1,6 @@
 """Varlen causal attention of new query tokens over the paged KV cache.
 
-Same contract as ``paged_prefill_attention_ref``: sequence b owns the query tokens
+The prefills of TorchAttentionBackend, in one launch: sequence b owns the query tokens
 ``query_start_loc[b]:query_start_loc[b+1]``, its ``seq_lens[b]`` cached tokens
 include them, and query i sits at position seq_len - q_len + i. One kernel therefore
 serves a fresh prompt, the next chunk of a long prompt and a prompt whose prefix

@@ -2,7 +2,8 @@
 
 One program per token: it reads the token's slot (block_id * block_size + offset),
 skips it when the slot is negative (a padding token), and copies all kv heads of
-the key and of the value into that slot. Same contract as ``store_kv_cache_ref``.
+the key and of the value into that slot (TorchAttentionBackend's index_copy_, plus
+the skipping of padding tokens that CUDA graphs need).
 """
 
 import torch

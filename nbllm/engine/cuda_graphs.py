@@ -25,7 +25,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from nbllm.layers.attention import AttentionBackend, AttentionMetadata, KVCache
+from nbllm.layers.attention_backend import AttentionBackend, AttentionMetadata, KVCache
 
 
 def batch_size_buckets(max_num_seqs: int) -> list[int]:

@@ -1,149 +1,16 @@
-"""Attention over the paged KV cache, and the per-step metadata every layer shares.
+"""The attention layer: one model layer's multi-head attention over its slice of the paged KV cache.
 
-KV cache layout, per layer: key_cache and value_cache of shape
-[num_blocks, block_size, num_kv_heads, head_dim]; a token's slot is
-block_id * block_size + offset. Block 0 is a zeroed padding block.
-
-A step's tokens are packed: the decoding sequences (one new token each) come first,
-then the prefilling ones (a chunk of new tokens, possibly after cached context).
-The metadata is built once per step by the model runner and passed down through
-forward() arguments; nothing is global. The backend (plain PyTorch here, Triton in
-nbllm_kernels) is chosen when the engine loads and travels inside the metadata.
+It only reshapes heads and hands the work to the backend carried by the step's
+metadata; which backend that is, and how the metadata is laid out, is stated in
+nbllm.layers.attention_backend.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Protocol
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-KVCache = tuple[torch.Tensor, torch.Tensor]
-
-
-@dataclass
-class AttentionMetadata:
-    """Where this step's tokens go in the cache and what each query sees."""
-
-    slot_mapping: torch.Tensor  # [T] int64: cache slot for each new token
-    query_start_loc: torch.Tensor  # [B + 1] int32
-    seq_lens: torch.Tensor  # [B] int32: context length including this step's tokens
-    block_tables: torch.Tensor  # [B, max_blocks] int32
-    query_lens_cpu: list[int]
-    seq_lens_cpu: list[int]
-    num_decodes: int  # the first num_decodes sequences have exactly one query token
-    block_size: int
-    backend: "AttentionBackend"
-    extras: dict = field(default_factory=dict)  # backend-specific tensors built in prepare()
-
-    @property
-    def num_seqs(self) -> int:
-        return len(self.seq_lens_cpu)
-
-
-class AttentionBackend(Protocol):
-    name: str
-
-    def prepare(self, meta: AttentionMetadata) -> None:
-        """Build whatever per-step tensors forward() needs, once for all layers."""
-
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: KVCache,
-                meta: AttentionMetadata, scale: float) -> torch.Tensor:
-        """Store k/v ([T, Hkv, D]) in the cache, then attend q ([T, Hq, D]) -> [T, Hq, D]."""
-
-
-class TorchAttentionBackend:
-    """The plain PyTorch path: the CPU implementation and the reference for the kernels.
-
-    Decodes are batched: their contexts are gathered into a padded [B, L] slot index
-    (padding points at the zeroed block 0 and is masked out) and attended in one call.
-    Prefills run one sequence at a time; a prefill with no cached context attends to
-    its own fresh keys without touching the cache.
-    """
-
-    name = "torch"
-
-    def prepare(self, meta: AttentionMetadata) -> None:
-        device = meta.slot_mapping.device
-        nd = meta.num_decodes
-        if nd:
-            lens = meta.seq_lens[:nd].to(torch.int64)
-            max_len = max(meta.seq_lens_cpu[:nd])
-            pos = torch.arange(max_len, device=device)
-            block_idx = meta.block_tables[:nd, : -(-max_len // meta.block_size)].to(torch.int64)
-            slots = block_idx[:, pos // meta.block_size] * meta.block_size + pos % meta.block_size
-            valid = pos[None, :] < lens[:, None]  # [Bd, L]
-            meta.extras["decode_slots"] = torch.where(valid, slots, torch.zeros_like(slots))
-            meta.extras["decode_mask"] = valid[:, None, None, :]  # [Bd, 1, 1, L]
-        prefill_slots = []
-        for b in range(nd, meta.num_seqs):
-            q_len, s_len = meta.query_lens_cpu[b], meta.seq_lens_cpu[b]
-            if q_len == s_len:
-                prefill_slots.append(None)
-                continue
-            pos = torch.arange(s_len, device=device)
-            blocks = meta.block_tables[b, pos // meta.block_size].to(torch.int64)
-            prefill_slots.append(blocks * meta.block_size + pos % meta.block_size)
-        meta.extras["prefill_slots"] = prefill_slots
-
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: KVCache,
-                meta: AttentionMetadata, scale: float) -> torch.Tensor:
-        key_cache, value_cache = kv_cache
-        num_kv_heads, head_dim = key_cache.shape[2], key_cache.shape[3]
-        k_flat = key_cache.view(-1, num_kv_heads, head_dim)  # [slots, Hkv, D]
-        v_flat = value_cache.view(-1, num_kv_heads, head_dim)
-        k_flat.index_copy_(0, meta.slot_mapping, k)
-        v_flat.index_copy_(0, meta.slot_mapping, v)
-
-        out = torch.empty_like(q)
-        nd = meta.num_decodes
-        if nd:
-            out[:nd] = self._decode(q[:nd], k_flat, v_flat, meta, scale)
-        start = nd
-        for i, b in enumerate(range(nd, meta.num_seqs)):
-            q_len = meta.query_lens_cpu[b]
-            end = start + q_len
-            slots = meta.extras["prefill_slots"][i]
-            if slots is None:
-                keys, values = k[start:end], v[start:end]
-            else:
-                keys, values = k_flat.index_select(0, slots), v_flat.index_select(0, slots)
-            out[start:end] = self._prefill(q[start:end], keys, values, scale)
-            start = end
-        return out
-
-    @staticmethod
-    def _decode(q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Tensor,
-                meta: AttentionMetadata, scale: float) -> torch.Tensor:
-        slots = meta.extras["decode_slots"]  # [Bd, L]
-        bd, hq, d = q.shape
-        hkv = k_flat.shape[1]
-        # index_select, not advanced indexing: aten::index costs time proportional to the whole pool here
-        keys = k_flat.index_select(0, slots.flatten()).view(bd, -1, hkv, d).transpose(1, 2)  # [Bd, Hkv, L, D]
-        values = v_flat.index_select(0, slots.flatten()).view(bd, -1, hkv, d).transpose(1, 2)
-        # Group query heads by their kv head: [Bd, Hkv, G, D]; no repeat of keys needed.
-        qg = q.view(bd, hkv, hq // hkv, d)
-        out = F.scaled_dot_product_attention(qg, keys, values, attn_mask=meta.extras["decode_mask"], scale=scale)
-        return out.reshape(bd, hq, d)
-
-    @staticmethod
-    def _prefill(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float) -> torch.Tensor:
-        q_len, s_len = q.shape[0], keys.shape[0]
-        hq, hkv = q.shape[1], keys.shape[1]
-        # 4-D [1, H, len, D]: with 3-D inputs the CPU picks SDPA's unfused math path (2.4x slower here).
-        qh = q.transpose(0, 1)[None]  # [1, Hq, q_len, D]
-        kh = keys.transpose(0, 1)[None]  # [1, Hkv, s_len, D]
-        vh = values.transpose(0, 1)[None]
-        if q_len == s_len:
-            out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, scale=scale, enable_gqa=hq != hkv)
-        else:
-            # Query i sits at absolute position s_len - q_len + i.
-            qpos = torch.arange(s_len - q_len, s_len, device=q.device)
-            mask = torch.arange(s_len, device=q.device)[None, :] <= qpos[:, None]
-            out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale, enable_gqa=hq != hkv)
-        return out[0].transpose(0, 1)
+from nbllm.layers.attention_backend import AttentionMetadata, KVCache
 
 
 class Attention(nn.Module):
@@ -167,17 +34,3 @@ class Attention(nn.Module):
         v = v.reshape(t, self.num_kv_heads, self.head_dim)
         out = meta.backend.forward(q, k, v, kv_cache, meta, self.scale)
         return out.reshape(t, self.num_heads * self.head_dim)
-
-
-def get_attention_backend(name: str, device: torch.device) -> AttentionBackend:
-    """"auto" picks Triton on CUDA and PyTorch elsewhere; names may be forced."""
-    if name == "auto":
-        name = "triton" if device.type == "cuda" else "torch"
-    if name == "torch":
-        return TorchAttentionBackend()
-    if name == "triton":
-        from nbllm.layers.triton_attention import TritonAttentionBackend
-
-        return TritonAttentionBackend()
-    raise ValueError(f"unknown attention backend {name!r}; choose 'auto', 'torch' or 'triton'")
-

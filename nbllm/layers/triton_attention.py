@@ -1,33 +1,35 @@
-"""The Triton attention backend: nbllm_kernels' paged kernels behind the backend interface.
+"""The Triton attention backend: nbllm_kernels' paged kernels behind the backend protocol.
 
 Chosen automatically on CUDA (and by attention_backend="triton" anywhere; on a CPU
 it runs through the Triton interpreter, which the tests use). It produces the same
 results as TorchAttentionBackend, the reference. Per-step values that the kernels
 would otherwise read back from the device (split count, longest query) are computed
-on the host in prepare().
+on the host in prepare(). Importing this module does not import Triton; building the
+backend does.
 """
 
 from __future__ import annotations
 
 import torch
 
-from nbllm.layers.attention import AttentionMetadata, KVCache
+import nbllm_kernels
+from nbllm.layers.attention_backend import AttentionMetadata, KVCache
 
 
 class TritonAttentionBackend:
     name = "triton"
 
     def __init__(self) -> None:
-        import nbllm_kernels  # imported here so the CPU path never needs Triton
-
-        self._kernels = nbllm_kernels
+        # Resolving the kernels imports Triton: here, so that the PyTorch path never needs it.
+        self._store_kv_cache = nbllm_kernels.store_kv_cache
+        self._decode_attention = nbllm_kernels.paged_decode_attention
+        self._prefill_attention = nbllm_kernels.paged_prefill_attention
+        self._choose_num_splits = nbllm_kernels.choose_num_splits
 
     def prepare(self, meta: AttentionMetadata) -> None:
-        from nbllm_kernels.decode_attention import choose_num_splits
-
         nd = meta.num_decodes
         if nd:
-            meta.extras["num_splits"] = choose_num_splits(max(meta.seq_lens_cpu[:nd]))
+            meta.extras["num_splits"] = self._choose_num_splits(max(meta.seq_lens_cpu[:nd]))
         if nd < meta.num_seqs:
             starts = [0]
             for n in meta.query_lens_cpu[nd:]:
@@ -38,23 +40,20 @@ class TritonAttentionBackend:
 
     def prepare_static_decode(self, meta: AttentionMetadata, max_seq_len: int) -> None:
         """prepare() for a decode step captured in a CUDA graph: nothing may depend on this step's lengths."""
-        from nbllm_kernels.decode_attention import choose_num_splits
-
-        meta.extras["num_splits"] = choose_num_splits(max_seq_len)
+        meta.extras["num_splits"] = self._choose_num_splits(max_seq_len)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: KVCache,
                 meta: AttentionMetadata, scale: float) -> torch.Tensor:
         key_cache, value_cache = kv_cache
-        kernels = self._kernels
-        kernels.store_kv_cache(k, v, key_cache, value_cache, meta.slot_mapping)
+        self._store_kv_cache(k, v, key_cache, value_cache, meta.slot_mapping)
         nd = meta.num_decodes
         parts = []
         if nd:
-            parts.append(kernels.paged_decode_attention(
+            parts.append(self._decode_attention(
                 q[:nd], key_cache, value_cache, meta.block_tables[:nd], meta.seq_lens[:nd], scale,
                 num_splits=meta.extras["num_splits"]))
         if nd < meta.num_seqs:
-            parts.append(kernels.paged_prefill_attention(
+            parts.append(self._prefill_attention(
                 q[nd:], key_cache, value_cache, meta.block_tables[nd:], meta.extras["prefill_query_start_loc"],
                 meta.seq_lens[nd:], scale, max_query_len=meta.extras["max_query_len"]))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)

@@ -1,4 +1,4 @@
-"""paged_decode_attention (Triton) against paged_decode_attention_ref.
+"""paged_decode_attention (Triton) against the decodes of TorchAttentionBackend (paged_kv.reference_decode).
 
 Contexts mix a single token, whole blocks and a partly filled last block; blocks are
 shuffled and unused cache slots are NaN (see paged_kv). Without a GPU these run
@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from nbllm_kernels.decode_attention import MAX_SPLITS, choose_num_splits, paged_decode_attention
-from nbllm_kernels.reference import paged_decode_attention_ref
 from paged_kv import (
     DEVICE,
     GQA,
@@ -18,6 +17,7 @@ from paged_kv import (
     TOLERANCE,
     make_paged_context,
     random_queries,
+    reference_decode,
     requires_gpu,
 )
 
@@ -36,7 +36,7 @@ def check_against_reference(
     out = paged_decode_attention(*args, num_splits=num_splits, **tuning)
 
     assert out.shape == q.shape and out.dtype == dtype
-    torch.testing.assert_close(out, paged_decode_attention_ref(*args), **TOLERANCE[dtype])
+    torch.testing.assert_close(out, reference_decode(*args), **TOLERANCE[dtype])
     return out
 
 

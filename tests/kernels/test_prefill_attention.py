@@ -1,4 +1,4 @@
-"""paged_prefill_attention (Triton) against paged_prefill_attention_ref.
+"""paged_prefill_attention (Triton) against the prefills of TorchAttentionBackend (paged_kv.reference_prefill).
 
 Each batch mixes a fresh prompt, a prefix-cache hit (a few new tokens over a long
 cached context), a chunk of a long prompt, a single decode-like token and an empty
@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from nbllm_kernels.prefill_attention import paged_prefill_attention
-from nbllm_kernels.reference import paged_prefill_attention_ref
 from paged_kv import (
     DEVICE,
     GQA,
@@ -20,6 +19,7 @@ from paged_kv import (
     make_paged_context,
     query_start_loc,
     random_queries,
+    reference_prefill,
     requires_gpu,
 )
 
@@ -41,7 +41,7 @@ def check_against_reference(batch, layout, head_dim, block_size, dtype, q=None, 
     out = paged_prefill_attention(*args, max_query_len=max_query_len)
 
     assert out.shape == q.shape and out.dtype == dtype
-    torch.testing.assert_close(out, paged_prefill_attention_ref(*args), **TOLERANCE[dtype])
+    torch.testing.assert_close(out, reference_prefill(*args), **TOLERANCE[dtype])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
