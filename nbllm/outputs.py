@@ -75,6 +75,22 @@ class RequestOutput:
     finished: bool
     metrics: Optional[RequestMetrics] = None
     num_cached_tokens: int = 0
+    kv_transfer_params: Optional[dict] = None  # vLLM's field; always None here (no disaggregated serving)
+
+    def __init__(self, request_id: str, prompt: Optional[str], prompt_token_ids: Optional[list[int]],
+                 prompt_logprobs: Optional[PromptLogprobs], outputs: list[CompletionOutput], finished: bool,
+                 metrics: Optional[RequestMetrics] = None, num_cached_tokens: int = 0,
+                 kv_transfer_params: Optional[dict] = None, **unknown: object) -> None:
+        """vLLM's signature; unknown keyword arguments are accepted and ignored, for forward compatibility."""
+        self.request_id = request_id
+        self.prompt = prompt
+        self.prompt_token_ids = prompt_token_ids
+        self.prompt_logprobs = prompt_logprobs
+        self.outputs = outputs
+        self.finished = finished
+        self.metrics = metrics
+        self.num_cached_tokens = num_cached_tokens
+        self.kv_transfer_params = kv_transfer_params
 
     def __repr__(self) -> str:
         texts = [o.text for o in self.outputs]
@@ -104,6 +120,3 @@ class BeamSearchOutput:
     tree: Optional[object] = None  # nbllm.beam_tree.BeamTree: every candidate of every step
     request_id: str = ""
     finished: bool = True
-
-    def _repr_html_(self) -> Optional[str]:
-        return self.tree._repr_html_() if self.tree is not None else None

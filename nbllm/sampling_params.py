@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import copy
 import enum
+import math
 from dataclasses import dataclass, fields
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 _SAMPLING_EPS = 1e-5
 
@@ -31,6 +32,12 @@ def _check_type(name: str, value: Any, types: tuple, allow_none: bool = False) -
     if not isinstance(value, types):
         names = " or ".join(t.__name__ for t in types)
         raise TypeError(f"{name} must be {names}, got {type(value).__name__}: {value!r}")
+
+
+def _check_finite(name: str, value: float) -> None:
+    """NaN and infinities pass every range comparison; vLLM rejects them (advisory GHSA-7h4p-rffg-7823)."""
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
 
 
 def _as_str_list(name: str, value: Union[None, str, list]) -> list[str]:
@@ -59,6 +66,11 @@ class SamplingParams:
 
     temperature 0 means greedy. max_tokens=None means "until the model's length
     limit". Stop strings are cut from the text unless include_stop_str_in_output.
+    logprobs/prompt_logprobs=-1 ask for the whole vocabulary. logits_processors are
+    vLLM's classic per-request callables, `(output_ids, logits) -> logits` or
+    `(prompt_ids, output_ids, logits) -> logits`, applied to each row's float32 logits
+    before penalties and sampling. extra_args is carried along for the caller's use;
+    flat_logprobs is accepted for vLLM compatibility (logprobs are a list of dicts either way).
     """
 
     n: int = 1
@@ -84,6 +96,9 @@ class SamplingParams:
     spaces_between_special_tokens: bool = True
     logit_bias: Optional[dict[int, float]] = None
     allowed_token_ids: Optional[list[int]] = None
+    logits_processors: Optional[list[Callable]] = None
+    extra_args: Optional[dict[str, Any]] = None
+    flat_logprobs: bool = False
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
 
     def __post_init__(self) -> None:
@@ -96,6 +111,17 @@ class SamplingParams:
             if not isinstance(self.logit_bias, dict):
                 raise TypeError(f"logit_bias must be a dict of token id to float, got {self.logit_bias!r}")
             self.logit_bias = {int(k): float(v) for k, v in self.logit_bias.items()}
+            for token, bias in self.logit_bias.items():
+                _check_finite(f"logit_bias[{token}]", bias)
+        if self.logits_processors is not None:
+            if callable(self.logits_processors):
+                self.logits_processors = [self.logits_processors]
+            if not isinstance(self.logits_processors, (list, tuple)) or not all(
+                    callable(f) for f in self.logits_processors):
+                raise TypeError(f"logits_processors must be a list of callables, got {self.logits_processors!r}")
+            self.logits_processors = list(self.logits_processors)
+        if self.extra_args is not None and not isinstance(self.extra_args, dict):
+            raise TypeError(f"extra_args must be a dict, got {type(self.extra_args).__name__}")
         self._validate()
 
     # ------------------------------------------------------------------ validation
@@ -103,18 +129,17 @@ class SamplingParams:
         _check_type("n", self.n, (int,))
         if self.n < 1:
             raise ValueError(f"n must be at least 1, got {self.n}")
+        for name in ("presence_penalty", "frequency_penalty", "repetition_penalty", "temperature", "top_p", "min_p"):
+            _check_type(name, getattr(self, name), (int, float))
+            _check_finite(name, getattr(self, name))
         for name in ("presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
-            _check_type(name, value, (int, float))
             if not -2.0 <= value <= 2.0:
                 raise ValueError(f"{name} must be in [-2, 2], got {value}")
-        _check_type("repetition_penalty", self.repetition_penalty, (int, float))
         if self.repetition_penalty <= 0.0:
             raise ValueError(f"repetition_penalty must be greater than zero, got {self.repetition_penalty}")
-        _check_type("temperature", self.temperature, (int, float))
         if self.temperature < 0.0:
             raise ValueError(f"temperature must be non-negative, got {self.temperature}")
-        _check_type("top_p", self.top_p, (int, float))
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         _check_type("top_k", self.top_k, (int,))
@@ -122,7 +147,6 @@ class SamplingParams:
             raise ValueError(f"top_k must be -1 or 0 (disable) or at least 1, got {self.top_k}")
         if self.top_k == -1:
             self.top_k = 0
-        _check_type("min_p", self.min_p, (int, float))
         if not 0.0 <= self.min_p <= 1.0:
             raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
         _check_type("seed", self.seed, (int,), allow_none=True)
@@ -139,14 +163,14 @@ class SamplingParams:
         for name in ("logprobs", "prompt_logprobs"):
             value = getattr(self, name)
             _check_type(name, value, (int,), allow_none=True)
-            if value is not None and value < 0:
-                raise ValueError(f"{name} must be non-negative, got {value}")
+            if value is not None and value < -1:
+                raise ValueError(f"{name} must be non-negative, or -1 for the whole vocabulary, got {value}")
         if any(s == "" for s in self.stop):
             raise ValueError("stop must not contain empty strings")
         if self.allowed_token_ids is not None and not self.allowed_token_ids:
             raise ValueError("allowed_token_ids must not be empty")
         for name in ("include_stop_str_in_output", "ignore_eos", "detokenize", "skip_special_tokens",
-                     "spaces_between_special_tokens"):
+                     "spaces_between_special_tokens", "flat_logprobs"):
             _check_type(name, getattr(self, name), (bool,))
         if not isinstance(self.output_kind, RequestOutputKind):
             raise TypeError(f"output_kind must be a RequestOutputKind, got {self.output_kind!r}")
@@ -163,6 +187,10 @@ class SamplingParams:
                 raise ValueError(f"{name} has token ids outside the vocabulary [0, {vocab_size}): {bad[:5]}")
 
     # ------------------------------------------------------------------ helpers
+    def _shared_objects(self) -> dict[int, Any]:
+        """deepcopy's memo: objects that copies share instead of duplicating."""
+        return {id(f): f for f in self.logits_processors or ()}
+
     @property
     def is_greedy(self) -> bool:
         return self.temperature < _SAMPLING_EPS
@@ -173,11 +201,13 @@ class SamplingParams:
                 or self.repetition_penalty != 1.0)
 
     def clone(self) -> "SamplingParams":
-        return copy.deepcopy(self)
+        """A deep copy that shares the logits processors (they may hold state or big tables), as vLLM's."""
+        return copy.deepcopy(self, self._shared_objects())
 
     def updated(self, **changes: Any) -> "SamplingParams":
         """A validated copy with some fields changed."""
-        values = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self)}
+        shared = self._shared_objects()
+        values = {f.name: copy.deepcopy(getattr(self, f.name), shared) for f in fields(self)}
         unknown = set(changes) - set(values)
         if unknown:
             raise TypeError(f"unknown SamplingParams fields: {sorted(unknown)}")

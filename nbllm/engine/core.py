@@ -21,7 +21,7 @@ from nbllm.engine.output_processor import OutputProcessor, UserRequest
 from nbllm.engine.scheduler import Scheduler, SchedulerOutput
 from nbllm.engine.sequence import Request, RequestStatus
 from nbllm.engine.step_result import StepResult
-from nbllm.layers.sampler import SamplingRow
+from nbllm.layers.sampler import RowError, SamplingRow
 from nbllm.metrics import MetricsRecorder, MetricsSnapshot, now
 from nbllm.outputs import BeamSearchOutput, RequestOutput
 from nbllm.sampling_params import SamplingParams
@@ -141,7 +141,12 @@ class EngineCore:
             if item.request.metrics.first_scheduled_time is None:
                 item.request.metrics.first_scheduled_time = t0
         rows = {s.request.request_id: sampling_row(s.request) for s in out.scheduled if s.samples_this_step}
-        results = self.runner.execute(out, rows)
+        try:
+            results = self.runner.execute(out, rows)
+        except RowError as exc:  # one request's own fault: it ends; the others' counts did not advance,
+            failed = self.scheduler.find(exc.request_id)  # so the next step simply computes them again
+            self._fail(failed.beam_group_id or failed.parent_id, exc.error)
+            return []
         self.scheduler.update_after_step(out)
         return self._post_process(out, results, now())
 
@@ -261,4 +266,4 @@ def sampling_row(request: Request) -> SamplingRow:
     """What the sampler needs of one sequence; EOS and stop ids are masked until min_tokens."""
     stop_ids = frozenset(request.eos_token_ids) | frozenset(request.sampling_params.stop_token_ids or ())
     return SamplingRow(request.sampling_params, request.prompt_token_ids, request.output_token_ids,
-                       request.generator, stop_ids, request.bad_words_token_ids)
+                       request.generator, stop_ids, request.bad_words_token_ids, request.request_id)

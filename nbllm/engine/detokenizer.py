@@ -14,14 +14,14 @@ from typing import Any, Optional
 
 from nbllm.sampling_params import SamplingParams
 
-_CONTEXT_TOKENS = 6  # prompt tokens kept as context so leading spaces decode right
+CONTEXT_TOKENS = 6  # prompt tokens kept as context so leading spaces decode right
 
 
 class IncrementalDetokenizer:
     def __init__(self, tokenizer: Any, prompt_token_ids: list[int], params: SamplingParams):
         self.tokenizer = tokenizer
         self.params = params
-        self._ids: list[int] = list(prompt_token_ids[-_CONTEXT_TOKENS:])
+        self._ids: list[int] = list(prompt_token_ids[-CONTEXT_TOKENS:])
         self._prefix_offset = 0
         self._read_offset = len(self._ids)
         self.text = ""
@@ -64,3 +64,28 @@ class IncrementalDetokenizer:
         if finished or self._max_stop_len <= 1 or self.params.include_stop_str_in_output:
             return self.text
         return self.text[:max(0, len(self.text) - self._max_stop_len + 1)]
+
+
+_IN_CONTEXT_LIMIT = 20  # beyond this many candidates (logprobs=-1), decode each alone in one batch call
+
+
+def decode_candidates(tokenizer: Any, context_ids: list[int], candidate_ids: list[int],
+                      skip_special_tokens: bool = True) -> list[str]:
+    """The text each candidate token adds after `context_ids` (a few preceding tokens).
+
+    Decoding in context keeps a leading space that a lone decode may drop. Where a
+    token is only part of a UTF-8 character (byte-fallback and byte-level BPE), its text
+    is the tokenizer's own token string instead of a lone U+FFFD.
+    """
+    if len(candidate_ids) > _IN_CONTEXT_LIMIT:
+        texts = tokenizer.batch_decode([[t] for t in candidate_ids], skip_special_tokens=skip_special_tokens)
+    else:
+        prefix = tokenizer.decode(context_ids, skip_special_tokens=skip_special_tokens)
+        texts = [tokenizer.decode(context_ids + [t], skip_special_tokens=skip_special_tokens)[len(prefix):]
+                 for t in candidate_ids]
+    return [_raw_token(tokenizer, t) if "\ufffd" in text else text for t, text in zip(candidate_ids, texts)]
+
+
+def _raw_token(tokenizer: Any, token_id: int) -> str:
+    token = tokenizer.convert_ids_to_tokens(token_id)
+    return token if isinstance(token, str) else ""

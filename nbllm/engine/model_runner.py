@@ -218,6 +218,7 @@ class ModelRunner:
         chosen = logprobs.gather(1, targets[:, None]).squeeze(1)
         ranks = (logprobs > chosen[:, None]).sum(dim=-1) + 1
         k = request.sampling_params.prompt_logprobs
+        k = self.vocab_size if k == -1 else k
         top_values, top_ids = logprobs.topk(k, dim=-1) if k else (None, None)
         for j in range(last - start):
             entry = {int(targets[j]): Logprob(float(chosen[j]), int(ranks[j]))}

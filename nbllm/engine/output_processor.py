@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
-from nbllm.engine.detokenizer import IncrementalDetokenizer
+from nbllm.engine.detokenizer import CONTEXT_TOKENS, IncrementalDetokenizer, decode_candidates
 from nbllm.engine.sequence import Request, RequestStatus
 from nbllm.engine.step_result import StepResult
 from nbllm.metrics import MetricsRecorder
@@ -63,7 +63,7 @@ class OutputProcessor:
         request.append_output_token(token)
         request.cumulative_logprob += result.logprob
         if params.logprobs is not None:
-            request.logprobs.append(self._logprob_entry(token, result))
+            request.logprobs.append(self._logprob_entry(request, token, result))
         self._record_latency(request, t)
         n_out = request.num_output_tokens
         stop_token = token in params.stop_token_ids or (token in request.eos_token_ids and not params.ignore_eos)
@@ -93,15 +93,26 @@ class OutputProcessor:
             self.metrics.inter_token_latency.observe(t - m.last_token_time)
         m.last_token_time = t
 
-    def _logprob_entry(self, token: int, result: StepResult) -> dict[int, Logprob]:
+    def _logprob_entry(self, request: Request, token: int, result: StepResult) -> dict[int, Logprob]:
+        """The sampled token first, then the top alternatives, each decoded in context (or None)."""
         ids, values, rank = result.top_logprobs or ([], [], None)
-        entry = {token: Logprob(result.logprob, rank, self.tokenizer.decode([token]))}
+        entry = {token: Logprob(result.logprob, rank)}
         for r, (tid, value) in enumerate(zip(ids, values)):
-            entry.setdefault(tid, Logprob(value, r + 1, self.tokenizer.decode([tid])))
+            entry.setdefault(tid, Logprob(value, r + 1))
+        self._decode_entry(request, len(request.all_token_ids) - 1, entry)
         return entry
 
-    @staticmethod
-    def add_prompt_logprobs(request: Request, entries: list) -> None:
+    def _decode_entry(self, request: Request, position: int, entry: dict[int, Logprob]) -> None:
+        """Fill decoded_token for the candidates at `position` of the request's tokens (detokenize=True only)."""
+        params = request.sampling_params
+        if not params.detokenize:
+            return
+        context = request.all_token_ids[max(0, position - CONTEXT_TOKENS):position]
+        texts = decode_candidates(self.tokenizer, context, list(entry), params.skip_special_tokens)
+        for logprob, text in zip(entry.values(), texts):
+            logprob.decoded_token = text
+
+    def add_prompt_logprobs(self, request: Request, entries: list) -> None:
         """Keep entries for prompt positions not seen yet (a preempted request recomputes its prompt).
 
         A chunk's entries end at the last prompt position its logits predict:
@@ -110,8 +121,13 @@ class OutputProcessor:
         end = min(request.num_computed_tokens, request.num_prompt_tokens - 1) + 1
         first = end - len(entries)  # the prompt position of entries[0]
         have = len(request.prompt_logprobs)
-        if have < end:
-            request.prompt_logprobs.extend(entries[max(0, have - first):])
+        if have >= end:
+            return
+        for index in range(max(0, have - first), len(entries)):
+            entry = entries[index]
+            if entry is not None:  # position first + index holds the token these logprobs are about
+                self._decode_entry(request, first + index, entry)
+            request.prompt_logprobs.append(entry)
 
     # ----------------------------------------------------------------- outputs
     def outputs_for(self, request_ids: Iterable[str], t: float) -> list[RequestOutput]:
@@ -150,7 +166,8 @@ class OutputProcessor:
                 user.sent_text_len[i] += len(text)
                 user.sent_token_len[i] += len(tokens)
             completions.append(CompletionOutput(
-                index=i, text=text, token_ids=tokens, cumulative_logprob=child.cumulative_logprob,
+                index=i, text=text, token_ids=tokens,
+                cumulative_logprob=child.cumulative_logprob if user.params.logprobs is not None else None,
                 logprobs=logprobs, finish_reason=child.finish_reason, stop_reason=child.stop_reason))
         first = user.children[0]
         prompt_logprobs = list(first.prompt_logprobs) if user.params.prompt_logprobs is not None else None

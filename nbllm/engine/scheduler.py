@@ -65,6 +65,13 @@ class Scheduler:
         request.status = RequestStatus.RUNNING
         self.running.append(request)
 
+    def find(self, request_id: str) -> Request:
+        """The running or waiting sequence with this id (KeyError if none)."""
+        for request in (*self.running, *self.waiting):
+            if request.request_id == request_id:
+                return request
+        raise KeyError(request_id)
+
     def has_unfinished_requests(self) -> bool:
         return bool(self.waiting or self.running)
 

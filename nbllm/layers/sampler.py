@@ -4,7 +4,8 @@ The pipeline, in order:
   1. raw log-probabilities of the model's logits (what logprobs report, as vLLM's
      default "raw_logprobs");
   2. constraints: allowed_token_ids, bad_words, logit_bias, and min_tokens (EOS and
-     stop tokens masked until enough tokens exist);
+     stop tokens masked until enough tokens exist), then the request's own
+     logits_processors (vLLM's classic callables), row by row;
   3. penalties: repetition (prompt and output tokens, Hugging Face's rule), presence
      and frequency (output tokens only, OpenAI's rule);
   4. greedy rows take the argmax;
@@ -16,8 +17,9 @@ Rows without constraints or penalties pay nothing for steps 2-3.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -34,6 +36,16 @@ class SamplingRow:
     generator: Optional[torch.Generator]
     stop_ids_until_min_tokens: frozenset[int] = frozenset()  # masked while output < min_tokens
     bad_words_token_ids: list[list[int]] = field(default_factory=list)
+    request_id: str = ""  # named in a RowError
+
+
+class RowError(Exception):
+    """A failure that belongs to one row (its user-supplied logits processor raised)."""
+
+    def __init__(self, request_id: str, error: Exception):
+        super().__init__(f"request {request_id!r}: {error!r}")
+        self.request_id = request_id
+        self.error = error
 
 
 @dataclass
@@ -51,6 +63,7 @@ class Sampler:
         logits = logits.float()  # [N, V]
         raw_logprobs = torch.log_softmax(logits, dim=-1)
         logits = self._apply_constraints(logits, rows)
+        logits = self._apply_logits_processors(logits, rows)
         logits = self._apply_penalties(logits, rows)
 
         sampled = [i for i, r in enumerate(rows) if not r.params.is_greedy]
@@ -82,6 +95,17 @@ class Sampler:
                 logits[i, ids] += torch.tensor(list(p.logit_bias.values()), device=logits.device)
             if row.stop_ids_until_min_tokens and len(row.output_token_ids) < p.min_tokens:
                 logits[i, list(row.stop_ids_until_min_tokens)] = float("-inf")
+        return logits
+
+    @staticmethod
+    def _apply_logits_processors(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+        for i, row in enumerate(rows):
+            for processor in row.params.logits_processors or ():
+                try:
+                    logits[i] = call_logits_processor(processor, row.prompt_token_ids, row.output_token_ids,
+                                                      logits[i])
+                except Exception as exc:  # user code: it fails its own request, not the batch
+                    raise RowError(row.request_id, exc) from exc
         return logits
 
     # ----------------------------------------------------------------- step 3
@@ -135,6 +159,7 @@ class Sampler:
         if all(k is None for k in wanted):
             return [None] * len(rows)
         ranks = (raw > chosen[:, None]).sum(dim=-1) + 1
+        wanted = [raw.shape[1] if k == -1 else k for k in wanted]  # -1: the whole vocabulary
         k_max = max(k or 0 for k in wanted)
         top_values, top_ids = raw.topk(k_max, dim=-1) if k_max else (None, None)
         result: list[Optional[tuple[list[int], list[float], int]]] = []
@@ -146,6 +171,22 @@ class Sampler:
             else:
                 result.append((top_ids[i, :k].tolist(), top_values[i, :k].tolist(), int(ranks[i])))
         return result
+
+
+def call_logits_processor(processor: Callable, prompt_token_ids: Sequence[int], output_token_ids: Sequence[int],
+                          logits: torch.Tensor) -> torch.Tensor:
+    """vLLM's two forms: (output_ids, logits) -> logits, or (prompt_ids, output_ids, logits) -> logits."""
+    try:
+        arity = len(inspect.signature(processor).parameters)
+    except (TypeError, ValueError):  # a builtin without a signature: the two-argument form
+        arity = 2
+    args = (tuple(prompt_token_ids), tuple(output_token_ids), logits) if arity == 3 else (
+        tuple(output_token_ids), logits)
+    result = processor(*args)
+    if not isinstance(result, torch.Tensor) or result.shape != logits.shape:
+        raise ValueError(f"logits processor {processor!r} must return a tensor of shape {tuple(logits.shape)}, "
+                         f"got {type(result).__name__}")
+    return result
 
 
 def filter_logits(logits: torch.Tensor, top_k: list[int], top_p: list[float],
