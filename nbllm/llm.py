@@ -75,6 +75,19 @@ class LLM:
         self._loop.call(lambda engine: engine.core.reset_prefix_cache())
         return True
 
+    def sleep(self, level: int = 1) -> None:
+        """Free the engine's memory without a restart (vLLM's sleep mode); wake_up() restores it.
+
+        Level 1 frees the KV cache (on a GPU the weights also move to the CPU); level 2
+        frees the weights as well, which wake_up() reloads from the checkpoint. Requests
+        must have finished first.
+        """
+        self._loop.call(lambda engine: engine.core.sleep(level))
+
+    def wake_up(self, tags: Optional[list[str]] = None) -> bool:
+        """Restore what sleep() released: "weights", "kv_cache", or both (None); True once fully awake."""
+        return self._loop.call(lambda engine: engine.core.wake_up(tags))
+
     # ----------------------------------------------------------------- requests
     def submit(self, prompt: PromptType, sampling_params: Optional[SamplingParams] = None,
                request_id: Optional[str] = None, deliver: Optional[Deliver] = None) -> RequestStream:
@@ -83,6 +96,7 @@ class LLM:
         Bad input raises here. With `deliver`, outputs go to that function instead of
         the stream's own queue (for callers that wait on many requests at once).
         """
+        self._check_awake()
         params = sampling_params if sampling_params is not None else self.get_default_sampling_params()
         request_id = request_id if request_id is not None else self._next_request_id()
         new_request = self.llm_engine.input_processor.process(request_id, prompt, params)
@@ -93,6 +107,7 @@ class LLM:
     def submit_beam_search(self, prompt: PromptType, params: BeamSearchParams, request_id: Optional[str] = None,
                            deliver: Optional[Deliver] = None) -> RequestStream:
         """Start one beam search; its stream receives one BeamSearchOutput when it ends."""
+        self._check_awake()
         request_id = request_id if request_id is not None else self._next_request_id()
         new_search = self.llm_engine.input_processor.process_beam_search(request_id, prompt, params)
         stream = RequestStream(request_id, deliver, on_close=self.abort)
@@ -102,6 +117,10 @@ class LLM:
     def abort(self, request_id: Union[str, Sequence[str]]) -> None:
         """Abort requests by id; their blocks are freed before the next step."""
         self._loop.abort(request_id)
+
+    def _check_awake(self) -> None:
+        if self.llm_engine.runner.is_sleeping:
+            raise RuntimeError("the engine is asleep (llm.sleep()); call llm.wake_up() before generating")
 
     def _next_request_id(self) -> str:
         return str(next(self._request_ids))

@@ -31,6 +31,17 @@ class FakeRunner:
         self.num_blocks = num_blocks
         self.steps = []  # the SchedulerOutputs run, in order
         self.released = False
+        self.asleep = set()  # of "weights", "kv_cache"
+
+    @property
+    def is_sleeping(self):
+        return bool(self.asleep)
+
+    def sleep(self, level):
+        self.asleep = {"kv_cache", "weights"} if level == 2 else {"kv_cache"}
+
+    def wake_up(self, tags):
+        self.asleep -= set(tags or ("weights", "kv_cache"))
 
     def execute(self, out, rows):
         self.steps.append(out)

@@ -278,3 +278,20 @@ def test_a_beam_search_whose_scoring_overflows_fails_alone():
     assert request_id == "huge" and isinstance(error, OverflowError)
     assert set(done) == {"plain"} and done["plain"].outputs[0].token_ids == expected_tokens(list(b"abc"), 6)
     assert_all_blocks_free(engine)
+
+
+def test_sleep_needs_an_idle_engine_and_forgets_cached_prefixes():
+    engine = fake_engine()
+    add(engine, "r", "abcdefghij", max_tokens=2, ignore_eos=True)
+    with pytest.raises(RuntimeError, match="1 requests in flight"):
+        engine.core.sleep(1)
+    run_to_end(engine)
+    assert engine.core.block_manager.num_cached_blocks > 0
+    with pytest.raises(ValueError, match="sleep level"):
+        engine.core.sleep(3)
+    engine.core.sleep(2)
+    assert engine.core.block_manager.num_cached_blocks == 0 and engine.runner.is_sleeping
+    assert engine.core.wake_up(["kv_cache"]) is False  # the weights still sleep
+    assert engine.core.wake_up(None) is True
+    with pytest.raises(ValueError, match="wake_up tags"):
+        engine.core.wake_up(["gpu"])

@@ -57,11 +57,13 @@ class ModelRunner:
     def __init__(self, config: EngineConfig, hf_config: Any, model_path, device: torch.device,
                  dtype: torch.dtype, max_model_len: int):
         self.config = config
+        self.hf_config = hf_config
+        self.model_path = model_path
         self.device = device
         self.dtype = dtype
-        self.model = build_model(hf_config, model_path, dtype, device)
-        if device.type == "cpu" and dtype == torch.float32:
-            prepack_linears(self.model)  # oneDNN's packed layout: faster small matmuls on x86 CPUs
+        self.max_model_len = max_model_len
+        self.model: Optional[nn.Module] = self._load_model()
+        self.weights_offloaded = False  # True while asleep with the weights moved to the CPU (CUDA, level 1)
         self.vocab_size = hf_config.vocab_size
         self.attention_backend = get_attention_backend(config.attention_backend, device)
         attn_layers = [m for m in self.model.modules() if isinstance(m, Attention)]
@@ -71,13 +73,63 @@ class ModelRunner:
         self.block_size = config.block_size
         self.num_blocks = self._decide_num_blocks(max_model_len)
         self.kv_caches = self._allocate_kv_caches()
-        self.decode_graphs = decode_graph_runner_for(
-            self.model, self.kv_caches, self.attention_backend, enforce_eager=config.enforce_eager, device=device,
-            block_size=self.block_size, max_num_seqs=config.max_num_seqs, max_model_len=max_model_len,
-            log=logger.info)
+        self.decode_graphs = self._capture_decode_graphs()
         generator = torch.Generator(device=device)
         generator.manual_seed(config.seed)
         self.sampler = Sampler(generator)
+
+    def _load_model(self) -> nn.Module:
+        model = build_model(self.hf_config, self.model_path, self.dtype, self.device)
+        if self.device.type == "cpu" and self.dtype == torch.float32:
+            prepack_linears(model)  # oneDNN's packed layout: faster small matmuls on x86 CPUs
+        return model
+
+    def _capture_decode_graphs(self):
+        return decode_graph_runner_for(
+            self.model, self.kv_caches, self.attention_backend, enforce_eager=self.config.enforce_eager,
+            device=self.device, block_size=self.block_size, max_num_seqs=self.config.max_num_seqs,
+            max_model_len=self.max_model_len, log=logger.info)
+
+    # ----------------------------------------------------------------- sleep mode
+    @property
+    def is_sleeping(self) -> bool:
+        return self._pool is None or self.model is None or self.weights_offloaded
+
+    def sleep(self, level: int) -> None:
+        """Free the KV pool; level 2 also frees the weights (reloaded from the checkpoint on wake-up).
+
+        On CUDA, level 1 moves the weights to the CPU (vLLM's offload), freeing GPU memory.
+        """
+        self._drop_decode_graphs()
+        self.kv_caches = []
+        self._pool = None
+        if level == 2:
+            self.model = None
+        elif self.device.type == "cuda" and self.model is not None:
+            self.model.to("cpu")
+            self.weights_offloaded = True
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def wake_up(self, tags: Optional[list[str]] = None) -> None:
+        """Restore the weights and/or the KV pool ("weights", "kv_cache"; None: both)."""
+        tags = ["weights", "kv_cache"] if tags is None else tags
+        if "weights" in tags:
+            if self.model is None:
+                self.model = self._load_model()
+            elif self.weights_offloaded:
+                self.model.to(self.device)
+            self.weights_offloaded = False
+        if "kv_cache" in tags and self._pool is None:
+            self.kv_caches = self._allocate_kv_caches()
+        if self.decode_graphs is None and self.model is not None and self._pool is not None \
+                and not self.weights_offloaded:
+            self.decode_graphs = self._capture_decode_graphs()
+
+    def _drop_decode_graphs(self) -> None:
+        if self.decode_graphs is not None:
+            self.decode_graphs.release()
+            self.decode_graphs = None
 
     # ----------------------------------------------------------------- KV pool
     @property
@@ -115,9 +167,7 @@ class ModelRunner:
 
     def release(self) -> None:
         """Drop the model and the KV pool so their memory can be returned."""
-        if self.decode_graphs is not None:
-            self.decode_graphs.release()
-            self.decode_graphs = None
+        self._drop_decode_graphs()
         self.kv_caches = []
         self._pool = None
         self.model = None
