@@ -52,7 +52,7 @@ def _still_serves(llm):
 @pytest.mark.parametrize("call, error, words", [
     (lambda llm: llm.generate([], use_tqdm=False), ValueError, "empty"),
     (lambda llm: llm.generate("", use_tqdm=False), ValueError, "empty"),
-    (lambda llm: llm.generate("word " * 400, use_tqdm=False), ValueError, "maximum model length"),
+    (lambda llm: llm.generate("word " * 400, use_tqdm=False), ValueError, "maximum context length is"),
     (lambda llm: llm.generate({"prompt_token_ids": [10**7]}, use_tqdm=False), ValueError, "vocabulary"),
     (lambda llm: llm.generate({"prompt_token_ids": ["a"]}, use_tqdm=False), TypeError, "prompt_token_ids"),
     (lambda llm: llm.generate({"text": "hi"}, use_tqdm=False), ValueError, "prompt"),

@@ -249,9 +249,9 @@ def test_input_processor_tokenizes_and_copies_params(processor):
 
 
 @pytest.mark.parametrize("prompt, error, match", [
-    ("", ValueError, "the prompt is empty"),
-    ({"prompt_token_ids": [1, VOCAB]}, ValueError, "outside the vocabulary"),
-    ("x" * 16, ValueError, "maximum model length is 16"),
+    ("", ValueError, "decoder prompt cannot be empty"),
+    ({"prompt_token_ids": [1, VOCAB]}, ValueError, "out of vocabulary"),
+    ("x" * 16, ValueError, "maximum context length is 16"),
     (42, TypeError, "a prompt must be a str"),
     ({"text": "hi"}, ValueError, "needs 'prompt'"),
 ])

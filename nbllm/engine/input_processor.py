@@ -2,8 +2,9 @@
 
 Runs in the caller's thread and touches no engine state: it parses the prompt
 (nbllm/inputs.py), tokenizes it, checks it against the model (vocabulary, context
-length) and prepares what sampling needs (bad words as token ids). Every problem
-raises ValueError/TypeError here, before anything is queued. The result is plain
+length) and prepares what sampling needs (bad words as token ids, the structured-output
+constraint compiled by the engine's GrammarCompiler). Every problem raises
+ValueError/TypeError here, before anything is queued. The result is plain
 data; the engine core builds its sequences (one per completion, `n` of them) from it.
 """
 
@@ -12,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
+from nbllm.engine.grammar import GrammarCompiler
+from nbllm.errors import InvalidParameter
 from nbllm.inputs import PromptType, parse_prompt
 from nbllm.metrics import now
 from nbllm.sampling_params import BeamSearchParams, SamplingParams
@@ -27,6 +30,7 @@ class NewRequest:
     params: SamplingParams  # the engine's own copy
     bad_words_token_ids: list[list[int]]
     arrival_time: float
+    grammar: Optional[Any] = None  # xgrammar's CompiledGrammar of params.structured_outputs
 
 
 @dataclass(frozen=True)
@@ -41,10 +45,12 @@ class NewBeamSearch:
 
 
 class InputProcessor:
-    def __init__(self, tokenizer: Any, vocab_size: int, max_model_len: int):
+    def __init__(self, tokenizer: Any, vocab_size: int, max_model_len: int,
+                 grammars: Optional[GrammarCompiler] = None):
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
         self.max_model_len = max_model_len
+        self.grammars = grammars  # None: this engine refuses structured outputs
 
     def process(self, request_id: str, prompt: PromptType, params: SamplingParams) -> NewRequest:
         """Tokenize and validate one prompt with its parameters."""
@@ -54,7 +60,12 @@ class InputProcessor:
         params.validate_for_vocab(self.vocab_size)
         bad_words = [self.tokenizer.encode(prefix + word, add_special_tokens=False)
                      for prefix in ("", " ") for word in params.bad_words]
-        return NewRequest(request_id, text, token_ids, params.clone(), [w for w in bad_words if w], now())
+        grammar = None
+        if params.structured_outputs is not None:
+            if self.grammars is None:
+                raise ValueError("this engine has no grammar compiler: structured_outputs are not supported")
+            grammar = self.grammars.compile(params.structured_outputs)
+        return NewRequest(request_id, text, token_ids, params.clone(), [w for w in bad_words if w], now(), grammar)
 
     def process_beam_search(self, request_id: str, prompt: PromptType, params: BeamSearchParams) -> NewBeamSearch:
         if not isinstance(params, BeamSearchParams):
@@ -70,12 +81,16 @@ class InputProcessor:
 
     def check_prompt_tokens(self, token_ids: Sequence[int]) -> list[int]:
         token_ids = [int(t) for t in token_ids]
+        # The wording follows vLLM's, which its tests and users' code match on.
         if not token_ids:
-            raise ValueError("the prompt is empty: it must contain at least one token")
+            raise InvalidParameter("The decoder prompt cannot be empty: it must contain at least one token",
+                                   "prompt")
         bad = [t for t in token_ids if not 0 <= t < self.vocab_size]
         if bad:
-            raise ValueError(f"prompt token ids outside the vocabulary [0, {self.vocab_size}): {bad[:5]}")
+            raise InvalidParameter(f"Token id {bad[0]} is out of vocabulary (the vocabulary has "
+                                   f"{self.vocab_size} tokens, ids 0 to {self.vocab_size - 1})", "prompt")
         if len(token_ids) >= self.max_model_len:
-            raise ValueError(f"the prompt is {len(token_ids)} tokens long, but the maximum model length "
-                             f"is {self.max_model_len} (including at least one generated token)")
+            raise InvalidParameter(f"The prompt is {len(token_ids)} tokens long, but this model's maximum context "
+                                   f"length is {self.max_model_len} tokens, and at least one token must be "
+                                   f"generated; shorten the prompt", "prompt")
         return token_ids

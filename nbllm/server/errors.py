@@ -17,6 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from nbllm.errors import InvalidParameter
+
 logger = logging.getLogger(__name__)
 
 
@@ -53,6 +55,8 @@ def bad_request(message: str, param: Optional[str] = None) -> OpenAIError:
 def invalid_value(exc: BaseException, fields: Iterable[str]) -> OpenAIError:
     """A 400 from the engine's ValueError/TypeError, whose messages start with the field name."""
     message = str(exc)
+    if isinstance(exc, InvalidParameter):
+        return OpenAIError(400, message, exc.param)
     first = re.match(r"[A-Za-z_]+", message)
     param = first.group() if first and first.group() in set(fields) else None
     return OpenAIError(400, message, param)
