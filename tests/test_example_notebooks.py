@@ -95,7 +95,7 @@ def check_serving(nb) -> None:
     openai = text_of(cell_starting(nb, "from openai import OpenAI"))
     assert "serving SmolLM2-135M-Instruct" in openai and "Paris" in openai
     assert "over HTTP:" in text_of(cell_starting(nb, "from concurrent.futures"))
-    assert "' Rome.'" in text_of(cell_starting(nb, "from nbllm.remote import RemoteLLM"))
+    assert "' Rome.'" in text_of(cell_starting(nb, "from nbllm.client import RemoteLLM"))
     assert "requests served" in text_of(cell_starting(nb, "metrics = remote.get_stats()"))
     assert "server running: False" in text_of(cell_starting(nb, "remote.shutdown()"))
 

@@ -131,7 +131,7 @@ class NbllmMagics(Magics):
 
     def _connect(self, rest: str) -> None:
         args = _parse(_connect_parser(), rest)
-        from nbllm.remote import RemoteLLM
+        from nbllm.client import RemoteLLM
 
         options = {name: value for name, value in (("api_key", args.api_key), ("model", args.model)) if value}
         self.session.set_engine(RemoteLLM(args.url, **options), owned=True)

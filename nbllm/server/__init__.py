@@ -3,10 +3,26 @@
     handle = serve_in_background(llm, port=8000)   # the live engine, from a daemon thread
     handle.url, handle.stop()
 
-`build_app(llm)` gives the FastAPI app itself. Needs the `server` extra.
+`build_app(llm)` gives the FastAPI app itself. Needs the `server` extra; FastAPI and
+uvicorn load on first use of these names, not when the package is imported.
 """
 
-from nbllm.server.app import build_app
-from nbllm.server.background import ServerHandle, serve_in_background
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # for type checkers and the API reference; at run time __getattr__ loads them
+    from nbllm.server.app import build_app
+    from nbllm.server.background import ServerHandle, serve_in_background
+
+_EXPORTS = {"build_app": "nbllm.server.app", "serve_in_background": "nbllm.server.background",
+            "ServerHandle": "nbllm.server.background"}
 
 __all__ = ["build_app", "serve_in_background", "ServerHandle"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'nbllm.server' has no attribute {name!r}")

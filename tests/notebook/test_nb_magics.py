@@ -207,7 +207,7 @@ def test_bad_nbllm_commands(ip, line, message):
 
 
 class FakeRemoteLLM(SpyLLM):
-    """Stands in for nbllm.remote.RemoteLLM: records its arguments, serves from the tiny model."""
+    """Stands in for nbllm.client.RemoteLLM: records its arguments, serves from the tiny model."""
 
     def __init__(self, llm, url, **kwargs):
         super().__init__(llm)
@@ -218,9 +218,9 @@ class FakeRemoteLLM(SpyLLM):
 
 
 def test_connect_uses_a_remote_engine(ip, tiny_llm, monkeypatch):
-    remote = types.ModuleType("nbllm.remote")
+    remote = types.ModuleType("nbllm.client")
     remote.RemoteLLM = lambda url, **kwargs: FakeRemoteLLM(tiny_llm, url, **kwargs)
-    monkeypatch.setitem(sys.modules, "nbllm.remote", remote)
+    monkeypatch.setitem(sys.modules, "nbllm.client", remote)
     ip.run_line_magic("nbllm", "connect http://127.0.0.1:9/v1 --api-key k --model m")
     engine = session_for(ip).engine
     assert (engine.url, engine.kwargs) == ("http://127.0.0.1:9/v1", {"api_key": "k", "model": "m"})

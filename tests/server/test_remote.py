@@ -1,11 +1,11 @@
 """RemoteLLM against the live nbllm server: the same greedy tokens and text as the local LLM, and the rest of
-the facade (streaming, abort, metrics, tokenizer)."""
+the EngineClient contract (submit, streaming, abort, stats, tokenizer, rendered chat prompts)."""
 
 import pytest
 
 from http_testing import API_KEY, MODEL, wait_idle
-from nbllm import SamplingParams
-from nbllm.remote import RemoteError, RemoteLLM
+from nbllm import BeamSearchParams, EngineClient, RequestOutputKind, SamplingParams
+from nbllm.client import RemoteError, RemoteLLM
 
 GREEDY = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
 PROMPTS = ["Once upon a time", "The capital of France is", {"prompt_token_ids": [5, 6, 7, 8]}]
@@ -65,7 +65,7 @@ def test_stream_chat_matches_chat(remote, tiny_llm):
 
 
 def test_closing_a_remote_stream_aborts_on_the_server(remote, tiny_llm):
-    before = tiny_llm.get_metrics().generation_tokens_total
+    before = tiny_llm.get_stats().generation_tokens_total
     stream = remote.stream("Once upon a time", SamplingParams(max_tokens=240, ignore_eos=True))
     next(stream)
     stream.close()
@@ -84,8 +84,8 @@ def test_abort_by_request_id(remote, tiny_llm):
 
 def test_metrics_and_tokenizer(remote, tiny_llm):
     remote.generate("Hello", GREEDY, use_tqdm=False)
-    snapshot = remote.get_metrics()
-    local = tiny_llm.get_metrics()
+    snapshot = remote.get_stats()
+    local = tiny_llm.get_stats()
     assert snapshot.generation_tokens_total == local.generation_tokens_total
     assert snapshot.num_blocks_total == local.num_blocks_total and snapshot.block_size == local.block_size
     assert snapshot.time_to_first_token.count == local.time_to_first_token.count > 0
@@ -121,3 +121,38 @@ def test_key_and_model_errors_raise(keyed_server, server):
     with RemoteLLM(server.url, model="other") as wrong_model:
         with pytest.raises(RemoteError, match="404"):
             list(wrong_model.stream("Hi", GREEDY))
+
+
+def test_remote_is_an_engine_client(remote):
+    assert isinstance(remote, EngineClient)
+    assert remote.capabilities.metrics and not remote.capabilities.block_states
+    assert not remote.capabilities.beam_search and remote.get_default_sampling_params() == SamplingParams()
+    with pytest.raises(NotImplementedError, match="beam search"):
+        remote.beam_search("Hi", BeamSearchParams(beam_width=2, max_tokens=4))
+
+
+def test_abort_right_after_submit_ends_the_request_on_both_sides(remote, tiny_llm):
+    before = tiny_llm.get_stats().generation_tokens_total
+    stream = remote.submit("Once upon a time", SamplingParams(max_tokens=240, ignore_eos=True), request_id="early")
+    with pytest.raises(ValueError, match="already running"):
+        remote.submit("Hi", GREEDY, request_id="early")
+    remote.abort("early")
+    last = stream.result()
+    assert last.request_id == "early" and last.finished and last.outputs[0].finish_reason == "abort"
+    assert wait_idle(tiny_llm).generation_tokens_total - before < 240
+
+
+def test_delta_outputs_add_up_to_the_final_output(remote, tiny_llm):
+    deltas = list(remote.submit(PROMPTS[0], GREEDY.updated(output_kind=RequestOutputKind.DELTA)))
+    [local] = tiny_llm.generate(PROMPTS[0], GREEDY, use_tqdm=False)
+    assert len(deltas) > 1 and deltas[-1].finished
+    assert "".join(d.outputs[0].text for d in deltas) == local.outputs[0].text
+    assert sum((d.outputs[0].token_ids for d in deltas), []) == local.outputs[0].token_ids
+
+
+def test_render_chat_prompts_matches_local(remote, tiny_llm):
+    rendered = remote.render_chat_prompts(CONVERSATIONS, chat_template="plain")
+    local = tiny_llm.render_chat_prompts(CONVERSATIONS, chat_template="plain")
+    assert [p["prompt_token_ids"] for p in rendered] == [p["prompt_token_ids"] for p in local]
+    assert all(isinstance(p["prompt"], str) and p["prompt"] for p in rendered)
+    _same(remote.generate(rendered, GREEDY, use_tqdm=False), tiny_llm.generate(local, GREEDY, use_tqdm=False))

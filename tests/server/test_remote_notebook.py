@@ -22,7 +22,7 @@ def remote_shell(server):
 
 def test_connect_switches_the_kernel_engine_to_remote(remote_shell):
     from nbllm.notebook.session import session_for
-    from nbllm.remote import RemoteLLM
+    from nbllm.client import RemoteLLM
 
     assert isinstance(session_for(remote_shell).get_engine(), RemoteLLM)
 

@@ -11,8 +11,8 @@ import pytest
 
 from http_testing import wait_idle
 from nbllm import SamplingParams
-from nbllm.remote import RemoteError, RemoteLLM
-from nbllm.server.prometheus import snapshot_from_text
+from nbllm.client import RemoteError, RemoteLLM
+from nbllm.client.prometheus_text import snapshot_from_text
 
 PARAMS = SamplingParams(temperature=0, max_tokens=4)
 
@@ -132,16 +132,16 @@ def test_stream_retries_then_reads_events():
         return httpx.Response(503) if len(calls) == 1 else \
             httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
 
-    outputs = list(_remote(handler).stream("hi", PARAMS))
+    outputs = list(_remote(handler).submit("hi", PARAMS, request_id="mine"))
     assert [o.outputs[0].text for o in outputs] == ["he", "hello"]
     assert outputs[-1].outputs[0].token_ids == [3, 4] and outputs[-1].outputs[0].stop_reason == "!"
-    assert outputs[-1].finished and outputs[-1].request_id == "cmpl-2"
+    assert outputs[-1].finished and {o.request_id for o in outputs} == {"mine"}
 
 
 def test_metrics_missing_is_not_implemented():
     remote = _remote(lambda request: httpx.Response(404, json={"detail": "Not Found"}))
     with pytest.raises(NotImplementedError, match="no /metrics"):
-        remote.get_metrics()
+        remote.get_stats()
 
 
 VLLM_METRICS = """\

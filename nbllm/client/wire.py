@@ -1,45 +1,61 @@
-"""The client side of the protocol, for RemoteLLM: SamplingParams to request fields, responses to RequestOutputs.
+"""The wire format RemoteLLM speaks: SamplingParams to request fields, responses to RequestOutputs.
 
 Only OpenAI's fields and vLLM's documented extras are sent, so nbllm's server and
-vLLM's both answer. Exact token ids come from vLLM's `return_token_ids` (vLLM
-0.10.2 and later) or, with logprobs, from `return_tokens_as_token_ids`; a server
-that ignores both leaves token_ids empty. `OutputBuilder` accumulates a full
-response or a stream of chunks into the cumulative RequestOutputs LLM returns.
+vLLM's both answer; which fields are extras follows from the SamplingParams dataclass
+itself, so a new field travels without a second list to update. Exact token ids come
+from vLLM's `return_token_ids` (vLLM 0.10.2 and later) or, with logprobs, from
+`return_tokens_as_token_ids`; a server that ignores both leaves token_ids empty.
+`OutputBuilder` accumulates a full response or a stream of chunks into RequestOutputs.
 """
 
 from __future__ import annotations
 
+import copy
+import json
+from dataclasses import fields
 from typing import Any, Optional
 
 from nbllm.outputs import CompletionOutput, Logprob, RequestOutput
 from nbllm.sampling_params import SamplingParams
 
-_EXTRAS = ("top_k", "min_p", "repetition_penalty", "stop_token_ids", "bad_words", "allowed_token_ids", "ignore_eos",
-           "min_tokens", "include_stop_str_in_output", "skip_special_tokens", "spaces_between_special_tokens",
-           "prompt_logprobs")
+# Always sent: left out, a server would apply its model's generation_config instead of the caller's value.
+_OPENAI_FIELDS = ("n", "temperature", "top_p", "max_tokens", "presence_penalty", "frequency_penalty")
+# How this client builds its outputs: not the server's business.
+_CLIENT_FIELDS = ("detokenize", "output_kind", "flat_logprobs")
+_MAPPED_FIELDS = ("logprobs", "logit_bias", "extra_args", "logits_processors")  # handled one by one, below
+# Every other field (seed, stop, top_k, ...) is an OpenAI or vLLM extra, sent where it differs from the default.
+_EXTRA_FIELDS = tuple(f.name for f in fields(SamplingParams)
+                      if f.name not in _OPENAI_FIELDS + _CLIENT_FIELDS + _MAPPED_FIELDS)
 _ID_PREFIX = "token_id:"
 
 
-def request_fields(params: Optional[SamplingParams], chat: bool) -> dict[str, Any]:
-    """The sampling fields of a request; None leaves the server's defaults but LLM's max_tokens."""
-    fields: dict[str, Any] = {"return_token_ids": True}
-    if params is None:
-        fields["max_tokens"] = SamplingParams().max_tokens
-        return fields
+def request_fields(params: SamplingParams, chat: bool) -> dict[str, Any]:
+    """The sampling fields of a /v1/completions (chat=False) or /v1/chat/completions request."""
+    if params.logits_processors:
+        raise ValueError("logits_processors are Python callables that run in the engine's process; "
+                         "a RemoteLLM cannot send them to a server (use a local nbllm.LLM)")
     base = SamplingParams()
-    fields.update(n=params.n, temperature=params.temperature, top_p=params.top_p, max_tokens=params.max_tokens,
-                  presence_penalty=params.presence_penalty, frequency_penalty=params.frequency_penalty)
-    if params.seed is not None:
-        fields["seed"] = params.seed
-    if params.stop:
-        fields["stop"] = list(params.stop)
+    body: dict[str, Any] = {"return_token_ids": True}
+    body.update({name: getattr(params, name) for name in _OPENAI_FIELDS})
+    body.update({name: _plain(name, getattr(params, name)) for name in _EXTRA_FIELDS
+                 if getattr(params, name) != getattr(base, name)})
     if params.logit_bias:
-        fields["logit_bias"] = {str(token): bias for token, bias in params.logit_bias.items()}
-    fields.update({name: getattr(params, name) for name in _EXTRAS if getattr(params, name) != getattr(base, name)})
+        body["logit_bias"] = {str(token): bias for token, bias in params.logit_bias.items()}
+    if params.extra_args:
+        body["vllm_xargs"] = _plain("extra_args", params.extra_args)  # vLLM's server hands these on as extra_args
     if params.logprobs is not None:
-        fields.update({"logprobs": True, "top_logprobs": params.logprobs} if chat else {"logprobs": params.logprobs})
-        fields["return_tokens_as_token_ids"] = True
-    return fields
+        body.update({"logprobs": True, "top_logprobs": params.logprobs} if chat else {"logprobs": params.logprobs})
+        body["return_tokens_as_token_ids"] = True
+    return body
+
+
+def _plain(name: str, value: Any) -> Any:
+    """A copy of a field's value for the body (it is sent later, from a pool); TypeError if JSON cannot hold it."""
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"SamplingParams.{name} ({type(value).__name__}) cannot be sent to a server as JSON") from None
+    return copy.deepcopy(value)
 
 
 def _token_id(token: str) -> Optional[int]:
@@ -98,8 +114,8 @@ def _prompt_logprobs(raw: Optional[list]) -> Optional[list[Optional[dict[int, Lo
 class OutputBuilder:
     """One request's choices, accumulated from a response or from stream chunks."""
 
-    def __init__(self, prompt: Optional[str], n: int, want_logprobs: bool):
-        self.request_id = ""
+    def __init__(self, request_id: str, prompt: Optional[str], n: int, want_logprobs: bool):
+        self.request_id = request_id
         self.prompt = prompt
         self.prompt_token_ids: list[int] = []
         self.prompt_logprobs: Optional[list] = None
@@ -107,6 +123,7 @@ class OutputBuilder:
         self.want_logprobs = want_logprobs
         self.choices = [CompletionOutput(index=i, text="", token_ids=[], cumulative_logprob=None,
                                          logprobs=[] if want_logprobs else None) for i in range(n)]
+        self._sent = [(0, 0)] * n  # (text length, token count) already handed out, for delta outputs
 
     @property
     def finished(self) -> bool:
@@ -114,7 +131,6 @@ class OutputBuilder:
 
     def add(self, event: dict) -> None:
         """A whole response, or one stream chunk (choices carry deltas)."""
-        self.request_id = event.get("id") or self.request_id
         self.prompt_token_ids = event.get("prompt_token_ids") or self.prompt_token_ids
         if event.get("prompt_logprobs") is not None:
             self.prompt_logprobs = _prompt_logprobs(event["prompt_logprobs"])
@@ -143,14 +159,22 @@ class OutputBuilder:
             out.finish_reason = choice["finish_reason"]
             out.stop_reason = choice.get("stop_reason")
 
-    def output(self, force_finish: Optional[str] = None, reason: Optional[str] = None) -> RequestOutput:
-        """A snapshot (copies, as LLM's cumulative outputs are); force_finish ends unfinished choices."""
+    def output(self, force_finish: Optional[str] = None, reason: Optional[str] = None,
+               delta: bool = False) -> RequestOutput:
+        """A snapshot (copies, as LLM's outputs are); force_finish ends unfinished choices.
+
+        With delta, each choice holds only the text, tokens and logprobs not handed out before.
+        """
         outputs = []
-        for c in self.choices:
+        for i, c in enumerate(self.choices):
             finish, stop = (c.finish_reason, c.stop_reason) if c.finish_reason or not force_finish \
                 else (force_finish, reason)
-            outputs.append(CompletionOutput(c.index, c.text, list(c.token_ids), c.cumulative_logprob,
-                                            list(c.logprobs) if c.logprobs is not None else None, finish, stop))
+            text_from, tokens_from = self._sent[i] if delta else (0, 0)
+            logprobs = list(c.logprobs[tokens_from:]) if c.logprobs is not None else None
+            outputs.append(CompletionOutput(c.index, c.text[text_from:], c.token_ids[tokens_from:],
+                                            c.cumulative_logprob, logprobs, finish, stop))
+            if delta:
+                self._sent[i] = (len(c.text), len(c.token_ids))
         return RequestOutput(request_id=self.request_id, prompt=self.prompt,
                              prompt_token_ids=list(self.prompt_token_ids), prompt_logprobs=self.prompt_logprobs,
                              outputs=outputs, finished=force_finish is not None or self.finished,

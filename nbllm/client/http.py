@@ -4,12 +4,13 @@
 Retry-After); a timeout is not retried, since the server is probably still working.
 401, 403 and 404 raise RemoteError: the call itself is refused, so every request
 would fail alike. Any other failure raises RowError, for the caller to report on
-that one request.
+that one request. `interrupt` cuts an open stream from another thread.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 import time
 from typing import Any, Iterator, Optional
 
@@ -31,6 +32,8 @@ class RowError(Exception):
 
 
 class RetryingClient:
+    """An httpx.Client whose `send` retries as this module describes."""
+
     def __init__(self, base_url: str, api_key: Optional[str], timeout: float, max_retries: int,
                  retry_backoff_s: float, max_connections: int, transport: Optional[httpx.BaseTransport] = None):
         if max_retries < 0:
@@ -77,10 +80,6 @@ class RetryingClient:
     def close(self) -> None:
         self._client.close()
 
-    @property
-    def is_closed(self) -> bool:
-        return self._client.is_closed
-
 
 def sse_events(response: httpx.Response) -> Iterator[dict[str, Any]]:
     """The JSON events of a stream until `data: [DONE]`; an error event raises RowError."""
@@ -94,6 +93,21 @@ def sse_events(response: httpx.Response) -> Iterator[dict[str, Any]]:
         if isinstance(event, dict) and "error" in event:
             raise RowError(error_text(event))
         yield event
+
+
+def interrupt(response: httpx.Response) -> None:
+    """Shut the response's socket: the thread reading it wakes now, and the server sees the client leave.
+
+    Closing the response instead would wait for the reading thread (a blocked read is not
+    woken by close). Transports without a socket (httpx.MockTransport) are left alone.
+    """
+    network_stream = response.extensions.get("network_stream")
+    sock = network_stream.get_extra_info("socket") if network_stream is not None else None
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:  # already closed
+            pass
 
 
 def error_text(payload: Any) -> str:

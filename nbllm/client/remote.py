@@ -1,0 +1,285 @@
+"""RemoteLLM: the EngineClient contract over an OpenAI-compatible server (`nbllm serve`, or vLLM on a GPU cluster).
+
+Each request is one HTTP call from a pool shared by the whole RemoteLLM, so at most
+`max_concurrency` run at once however many callers (a chat panel, a DataFrame job)
+submit. Request ids are chosen here, so `abort` works from the moment `submit`
+returns. generate/stream/chat are nbllm.batch's, over `submit`: a row that fails
+for good comes back finished with finish_reason "error" and the message as
+stop_reason, while a wrong key or model name, which would fail every row alike,
+raises RemoteError. Imports neither torch nor the server.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any, Iterator, Optional, Sequence, Union
+
+import httpx
+
+from nbllm import batch
+from nbllm.chat_utils import load_chat_template, validate_conversation
+from nbllm.client.http import RemoteError, RetryingClient
+from nbllm.client.prometheus_text import snapshot_from_text
+from nbllm.client.request import Call, RemoteRequest
+from nbllm.client.wire import OutputBuilder, request_fields
+from nbllm.inputs import ParamsType, PromptsType, PromptType, conversations_of, params_per_prompt, parse_prompt
+from nbllm.metrics import MetricsSnapshot
+from nbllm.outputs import BeamSearchOutput, RequestOutput
+from nbllm.protocol import EngineCapabilities, Messages
+from nbllm.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams
+from nbllm.streams import Deliver, RequestStream
+
+# Until servers are asked what they support: OpenAI's API has no block states and no beam search tree.
+CAPABILITIES = EngineCapabilities(metrics=True, block_states=False, tokenizer=True, beam_search=False,
+                                  beam_tree=False, logprobs=True, token_ids=True)
+_COMPLETIONS, _CHAT = "/v1/completions", "/v1/chat/completions"
+
+
+class RemoteLLM:
+    """e.g. ``RemoteLLM("http://gpu-node:8000/v1")``; `model` defaults to the server's first model.
+
+    Calls that are not generation (the model list, /tokenize, /metrics) bypass the
+    concurrency bound, so a monitor is never stuck behind long generations.
+    """
+
+    def __init__(self, base_url: str, model: Optional[str] = None, api_key: Optional[str] = None,
+                 timeout: float = 60.0, max_concurrency: int = 8, max_retries: int = 3,
+                 retry_backoff_s: float = 0.5, transport: Optional[httpx.BaseTransport] = None):
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}")
+        root = base_url.rstrip("/")
+        self.base_url = root[:-3] if root.endswith("/v1") else root
+        self.max_concurrency = max_concurrency
+        self._http = RetryingClient(self.base_url, api_key, timeout, max_retries, retry_backoff_s,
+                                    max_connections=2 * max_concurrency + 4, transport=transport)
+        self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="nbllm-remote")
+        self._model = model
+        self._card: Optional[dict] = None
+        self._requests: dict[str, RemoteRequest] = {}  # the unfinished, by id
+        self._lock = threading.Lock()
+        self._closed = False
+        self._ids = itertools.count()
+        self._id_prefix = uuid.uuid4().hex[:8]
+        self._last_scrape: Optional[tuple[float, int]] = None
+
+    # ----------------------------------------------------------------- what it is
+    @property
+    def model_name(self) -> str:
+        return self._model or self._model_card()["id"]
+
+    @property
+    def max_model_len(self) -> Optional[int]:
+        return self._model_card().get("max_model_len")
+
+    @property
+    def is_running(self) -> bool:
+        return not self._closed
+
+    @property
+    def capabilities(self) -> EngineCapabilities:
+        return CAPABILITIES
+
+    def get_tokenizer(self) -> "RemoteTokenizer":
+        return RemoteTokenizer(self._http, self.model_name)
+
+    def get_default_sampling_params(self) -> SamplingParams:
+        """vLLM's defaults: a server does not say what its model's generation_config holds."""
+        return SamplingParams()
+
+    def _model_card(self) -> dict:
+        if self._card is None:
+            cards = self._http.call("GET", "/v1/models").json().get("data") or []
+            if not cards:
+                raise RemoteError(f"{self.base_url}/v1/models lists no model")
+            named = [c for c in cards if c.get("id") == self._model]
+            self._card = named[0] if named else ({"id": self._model} if self._model else cards[0])
+        return self._card
+
+    # ----------------------------------------------------------------- requests
+    def submit(self, prompt: PromptType, sampling_params: Optional[SamplingParams] = None,
+               request_id: Optional[str] = None, deliver: Optional[Deliver] = None) -> RequestStream:
+        """Start one completion now (bad input raises here); its outputs follow sampling_params.output_kind."""
+        parsed = parse_prompt(prompt)
+        params = self._params(sampling_params)
+        payload = parsed.token_ids if parsed.token_ids is not None else parsed.text
+        return self._start(_COMPLETIONS, {"prompt": payload}, parsed.text, params, request_id, deliver)
+
+    def abort(self, request_id: Union[str, Sequence[str]]) -> None:
+        """Finish these requests now with finish_reason "abort" and close their HTTP streams (unknown ids are
+        ignored); the server aborts a request whose stream closes. A non-streamed request (FINAL_ONLY) is
+        dropped here but runs to its end on the server."""
+        with self._lock:
+            requests = [self._requests.pop(rid, None)
+                        for rid in ([request_id] if isinstance(request_id, str) else request_id)]
+        for request in requests:
+            if request is not None:
+                request.abort()
+
+    def generate(self, prompts: PromptsType, sampling_params: ParamsType = None,
+                 use_tqdm: bool = True) -> list[RequestOutput]:
+        """Completions for all prompts, in input order; failed rows have finish_reason "error"."""
+        return batch.generate(self, prompts, sampling_params, use_tqdm)
+
+    def stream(self, prompts: PromptsType, sampling_params: ParamsType = None) -> Iterator[RequestOutput]:
+        """Outputs as they arrive (any order across prompts); closing it aborts on the server."""
+        return batch.stream(self, prompts, sampling_params)
+
+    def chat(self, messages: Messages, sampling_params: ParamsType = None, use_tqdm: bool = True,
+             chat_template: Optional[str] = None, add_generation_prompt: bool = True,
+             continue_final_message: bool = False, chat_template_kwargs: Optional[dict] = None
+             ) -> list[RequestOutput]:
+        """Replies to one conversation or a list of them; the server renders its chat template."""
+        started = self._submit_chats(messages, sampling_params, True, _template_fields(
+            chat_template, add_generation_prompt, continue_final_message, chat_template_kwargs))
+        return batch.collect(started, use_tqdm)
+
+    def stream_chat(self, messages: Messages, sampling_params: ParamsType = None,
+                    chat_template: Optional[str] = None, add_generation_prompt: bool = True,
+                    continue_final_message: bool = False, chat_template_kwargs: Optional[dict] = None
+                    ) -> Iterator[RequestOutput]:
+        """Like chat(), streamed as stream() is."""
+        started = self._submit_chats(messages, sampling_params, False, _template_fields(
+            chat_template, add_generation_prompt, continue_final_message, chat_template_kwargs))
+        return _outputs_of(batch.drain(started))
+
+    def render_chat_prompts(self, messages: Messages, chat_template: Optional[str] = None,
+                            add_generation_prompt: bool = True, continue_final_message: bool = False,
+                            chat_template_kwargs: Optional[dict] = None) -> list[dict]:
+        """Conversations rendered by the server's chat template (its /tokenize), as prompt dicts for submit."""
+        fields = _template_fields(chat_template, add_generation_prompt, continue_final_message, chat_template_kwargs)
+        prompts = []
+        for conversation in conversations_of(messages):
+            validate_conversation(conversation)
+            body = {"model": self.model_name, "messages": list(conversation), **fields}
+            ids = self._http.call("POST", "/tokenize", body).json()["tokens"]
+            prompts.append({"prompt_token_ids": ids, "prompt": self.get_tokenizer().decode(ids)})
+        return prompts
+
+    def beam_search(self, prompts: PromptsType, params: BeamSearchParams,
+                    use_tqdm: bool = False) -> list[BeamSearchOutput]:
+        """Not offered: see `capabilities.beam_search`."""
+        raise NotImplementedError(f"{self.base_url}: beam search is not offered over HTTP by RemoteLLM "
+                                  "(capabilities.beam_search is False); run it with a local nbllm.LLM")
+
+    # ----------------------------------------------------------------- stats and lifetime
+    def get_stats(self) -> MetricsSnapshot:
+        """The server's /metrics as a snapshot (per-block detail stays empty); tokens/s between two calls."""
+        try:
+            text = self._http.call("GET", "/metrics").text
+        except RemoteError as exc:
+            if exc.status == 404:
+                raise NotImplementedError(f"{self.base_url} serves no /metrics, so it reports no metrics") from None
+            raise
+        snapshot = snapshot_from_text(text)
+        with self._lock:
+            previous, self._last_scrape = self._last_scrape, (snapshot.timestamp, snapshot.generation_tokens_total)
+        if previous is not None and snapshot.timestamp > previous[0]:
+            rate = (snapshot.generation_tokens_total - previous[1]) / (snapshot.timestamp - previous[0])
+            snapshot = replace(snapshot, tokens_per_second=max(rate, 0.0))
+        return snapshot
+
+    def shutdown(self) -> None:
+        """Abort what is unfinished and close the connections."""
+        with self._lock:
+            self._closed = True
+            unfinished = list(self._requests)
+        self.abort(unfinished)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._http.close()
+
+    def __enter__(self) -> "RemoteLLM":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
+
+    # ----------------------------------------------------------------- internals
+    def _params(self, sampling_params: Optional[SamplingParams]) -> SamplingParams:
+        if sampling_params is None:
+            return self.get_default_sampling_params()
+        if not isinstance(sampling_params, SamplingParams):
+            raise TypeError(f"sampling_params must be SamplingParams, got {type(sampling_params).__name__}")
+        return sampling_params
+
+    def _start(self, path: str, payload: dict[str, Any], prompt: Optional[str], params: SamplingParams,
+               request_id: Optional[str], deliver: Optional[Deliver]) -> RequestStream:
+        kind = params.output_kind
+        body = {"model": self.model_name, **payload, "stream": kind != RequestOutputKind.FINAL_ONLY,
+                **request_fields(params, chat=path == _CHAT)}
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"this RemoteLLM for {self.base_url} is shut down")
+            request_id = request_id or f"remote-{self._id_prefix}-{next(self._ids)}"
+            if request_id in self._requests:
+                raise ValueError(f"request id {request_id!r} is already running")
+            stream = RequestStream(request_id, deliver, on_close=self.abort)
+            builder = OutputBuilder(request_id, prompt, params.n, params.logprobs is not None)
+            request = self._requests[request_id] = RemoteRequest(Call(path, body), builder, kind, stream)
+            self._pool.submit(self._run, request)
+        return stream
+
+    def _run(self, request: RemoteRequest) -> None:
+        try:
+            request.run(self._http)
+        finally:
+            with self._lock:
+                if self._requests.get(request.request_id) is request:
+                    del self._requests[request.request_id]
+
+    def _submit_chats(self, messages: Messages, sampling_params: ParamsType, final_only: bool,
+                      template_fields: dict[str, Any]) -> batch.Batch:
+        conversations = conversations_of(messages)
+        for conversation in conversations:
+            validate_conversation(conversation)
+        params = params_per_prompt(sampling_params, len(conversations), self.get_default_sampling_params)
+        if final_only:
+            params = [p.updated(output_kind=RequestOutputKind.FINAL_ONLY) for p in params]
+        return batch.submit_all(self, len(conversations), lambda i, deliver: self._start(
+            _CHAT, {"messages": list(conversations[i]), **template_fields}, None, params[i], None, deliver))
+
+
+class RemoteTokenizer:
+    """encode/decode through the server's /tokenize and /detokenize (vLLM and nbllm serve both have them)."""
+
+    def __init__(self, http: RetryingClient, model: str):
+        self._http, self._model = http, model
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        body = {"model": self._model, "prompt": text, "add_special_tokens": add_special_tokens}
+        return self._http.call("POST", "/tokenize", body).json()["tokens"]
+
+    def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        """The server's detokenization (it decides about special tokens)."""
+        body = {"model": self._model, "tokens": list(token_ids)}
+        return self._http.call("POST", "/detokenize", body).json()["prompt"]
+
+
+def _template_fields(chat_template: Optional[str], add_generation_prompt: bool, continue_final_message: bool,
+                     chat_template_kwargs: Optional[dict]) -> dict[str, Any]:
+    """The chat-template fields of a request, beside their defaults only."""
+    if continue_final_message and add_generation_prompt:
+        raise ValueError("continue_final_message=True and add_generation_prompt=True cannot be combined: "
+                         "continuing the last message means no new assistant turn is opened")
+    fields: dict[str, Any] = {}
+    if chat_template is not None:  # sent inline, so shipped names and local files work with any server
+        fields["chat_template"] = load_chat_template(chat_template)
+    if not add_generation_prompt:
+        fields["add_generation_prompt"] = False
+    if continue_final_message:
+        fields["continue_final_message"] = True
+    if chat_template_kwargs:
+        fields["chat_template_kwargs"] = chat_template_kwargs
+    return fields
+
+
+def _outputs_of(pairs: Iterator[tuple[int, RequestOutput]]) -> Iterator[RequestOutput]:
+    """The outputs of `batch.drain`; closing this closes the drain, which aborts the unfinished."""
+    try:
+        for _, output in pairs:
+            yield output
+    finally:
+        pairs.close()  # type: ignore[attr-defined]  # a generator
