@@ -45,8 +45,9 @@ def validate_conversation(conversation: Sequence[Any]) -> None:
 
 def render_chat(tokenizer: Any, conversation: Conversation, chat_template: Optional[str] = None,
                 add_generation_prompt: bool = True, continue_final_message: bool = False,
-                chat_template_kwargs: Optional[dict] = None) -> tuple[str, list[int]]:
-    """The prompt text and its token ids for one conversation."""
+                chat_template_kwargs: Optional[dict] = None,
+                tools: Optional[list[dict]] = None) -> tuple[str, list[int]]:
+    """The prompt text and its token ids for one conversation (`tools`: JSON schemas the template may show)."""
     if continue_final_message and add_generation_prompt:
         raise ValueError("continue_final_message=True and add_generation_prompt=True cannot be combined: "
                          "continuing the last message means no new assistant turn is opened")
@@ -58,5 +59,5 @@ def render_chat(tokenizer: Any, conversation: Conversation, chat_template: Optio
                          f"{', '.join(SHIPPED_TEMPLATES)}), a path to a .jinja file, or a template string")
     text = tokenizer.apply_chat_template(
         list(conversation), chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt,
-        continue_final_message=continue_final_message, **(chat_template_kwargs or {}))
+        continue_final_message=continue_final_message, tools=tools, **(chat_template_kwargs or {}))
     return text, tokenizer.encode(text, add_special_tokens=False)

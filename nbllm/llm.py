@@ -138,42 +138,56 @@ class LLM:
         """
         return batch.stream(self, prompts, sampling_params)
 
-    def beam_search(self, prompts: PromptsType, params: BeamSearchParams,
-                    use_tqdm: bool = False) -> list[BeamSearchOutput]:
-        """Beam search for each prompt (batched together); each output holds ranked beams and the tree."""
+    def beam_search(self, prompts: PromptsType, params: BeamSearchParams, use_tqdm: bool = False,
+                    concurrency_limit: Optional[int] = None) -> list[BeamSearchOutput]:
+        """Beam search for each prompt; each output holds ranked beams and the tree.
+
+        The searches run batched together, at most `concurrency_limit` at a time (None: all).
+        """
         if not isinstance(params, BeamSearchParams):
             raise TypeError(f"params must be BeamSearchParams, got {type(params).__name__}")
         items = as_list(prompts)
-        searches = batch.submit_all(self, len(items), lambda i, deliver: self.submit_beam_search(
-            items[i], params, deliver=deliver))
-        return batch.collect(searches, use_tqdm)
+        if concurrency_limit is not None and (not isinstance(concurrency_limit, int) or concurrency_limit < 1):
+            raise ValueError(f"concurrency_limit must be a positive int or None, got {concurrency_limit!r}")
+        limit = concurrency_limit or len(items)
+        results: list[BeamSearchOutput] = []
+        for start in range(0, len(items), limit):
+            chunk = items[start:start + limit]
+            searches = batch.submit_all(self, len(chunk), lambda i, deliver: self.submit_beam_search(
+                chunk[i], params, deliver=deliver))
+            results += batch.collect(searches, use_tqdm)
+        return results
 
     def chat(self, messages: Messages, sampling_params: ParamsType = None, use_tqdm: bool = True,
              chat_template: Optional[str] = None, add_generation_prompt: bool = True,
-             continue_final_message: bool = False, chat_template_kwargs: Optional[dict] = None
-             ) -> list[RequestOutput]:
-        """Generate replies to one conversation or a list of them, batched together."""
+             continue_final_message: bool = False, chat_template_kwargs: Optional[dict] = None,
+             tools: Optional[list[dict]] = None) -> list[RequestOutput]:
+        """Generate replies to one conversation or a list of them, batched together.
+
+        `tools` (OpenAI-style function schemas) are handed to the chat template, as vLLM does.
+        """
         prompts = self.render_chat_prompts(messages, chat_template, add_generation_prompt, continue_final_message,
-                                           chat_template_kwargs)
+                                           chat_template_kwargs, tools)
         return self.generate(prompts, sampling_params, use_tqdm)
 
     def stream_chat(self, messages: Messages, sampling_params: ParamsType = None,
                     chat_template: Optional[str] = None, add_generation_prompt: bool = True,
-                    continue_final_message: bool = False, chat_template_kwargs: Optional[dict] = None
-                    ) -> Iterator[RequestOutput]:
+                    continue_final_message: bool = False, chat_template_kwargs: Optional[dict] = None,
+                    tools: Optional[list[dict]] = None) -> Iterator[RequestOutput]:
         """Like chat(), but yields outputs as they are produced (see stream())."""
         prompts = self.render_chat_prompts(messages, chat_template, add_generation_prompt, continue_final_message,
-                                           chat_template_kwargs)
+                                           chat_template_kwargs, tools)
         return self.stream(prompts, sampling_params)
 
     def render_chat_prompts(self, messages: Messages, chat_template: Optional[str] = None,
                             add_generation_prompt: bool = True, continue_final_message: bool = False,
-                            chat_template_kwargs: Optional[dict] = None) -> list[dict]:
+                            chat_template_kwargs: Optional[dict] = None,
+                            tools: Optional[list[dict]] = None) -> list[dict]:
         """Conversations rendered by the chat template into prompt dicts for generate/stream/submit."""
         prompts = []
         for conversation in conversations_of(messages):
             text, ids = render_chat(self.get_tokenizer(), conversation, chat_template, add_generation_prompt,
-                                    continue_final_message, chat_template_kwargs)
+                                    continue_final_message, chat_template_kwargs, tools)
             prompts.append({"prompt": text, "prompt_token_ids": ids})
         return prompts
 
