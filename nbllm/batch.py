@@ -100,14 +100,18 @@ def drain(batch: Batch) -> Iterator[tuple[int, Any]]:
 
 
 def generate(client: "EngineClient", prompts: PromptsType, sampling_params: ParamsType,
-             use_tqdm: bool = True) -> list[RequestOutput]:
-    """Final outputs of all prompts in input order, through `client.submit` (EngineClient.generate)."""
+             use_tqdm: bool = True, submit_kwargs: Optional[Sequence[dict]] = None) -> list[RequestOutput]:
+    """Final outputs of all prompts in input order, through `client.submit` (EngineClient.generate).
+
+    `submit_kwargs[i]` adds keyword arguments to prompt i's submit (e.g. LLM's priority).
+    """
     items = as_list(prompts)
     params = params_per_prompt(sampling_params, len(items), client.get_default_sampling_params)
+    extra = list(submit_kwargs) if submit_kwargs is not None else [{}] * len(items)
     final = RequestOutputKind.FINAL_ONLY
     batch = submit_all(client, len(items), lambda i, deliver: client.submit(
         items[i], params[i] if params[i].output_kind == final else params[i].updated(output_kind=final),
-        deliver=deliver))
+        deliver=deliver, **extra[i]))
     return collect(batch, use_tqdm)
 
 

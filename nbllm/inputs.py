@@ -80,6 +80,20 @@ def params_per_prompt(sampling_params: ParamsType, count: int,
     return params
 
 
+def priorities_per_prompt(priority: Union[None, int, Sequence[int]], count: int) -> list[int]:
+    """One priority per prompt, as vLLM's generate(priority=...) takes them: None, one int, or one each."""
+    if priority is None:
+        return [0] * count
+    if isinstance(priority, int) and not isinstance(priority, bool):
+        return [priority] * count
+    if not isinstance(priority, (list, tuple)) or not all(
+            isinstance(p, int) and not isinstance(p, bool) for p in priority):
+        raise TypeError(f"priority must be an int or a list of int, got {priority!r}")
+    if len(priority) != count:
+        raise ValueError(f"got {len(priority)} priorities for {count} prompts; pass one, or one per prompt")
+    return list(priority)
+
+
 def conversations_of(messages: Any) -> list[list[dict]]:
     """One conversation (a list of message dicts) or a list of them, as a non-empty list."""
     single = isinstance(messages, (list, tuple)) and (not messages or isinstance(messages[0], dict))

@@ -18,7 +18,7 @@ from nbllm.chat_utils import render_chat
 from nbllm.config import EngineConfig
 from nbllm.engine.engine_loop import EngineLoop
 from nbllm.engine.llm_engine import LLMEngine
-from nbllm.inputs import ParamsType, PromptsType, PromptType, as_list, conversations_of
+from nbllm.inputs import ParamsType, PromptsType, PromptType, as_list, conversations_of, priorities_per_prompt
 from nbllm.metrics import MetricsSnapshot
 from nbllm.metrics_reader import Metric, metrics_from_snapshot
 from nbllm.outputs import BeamSearchOutput, RequestOutput
@@ -90,16 +90,18 @@ class LLM:
 
     # ----------------------------------------------------------------- requests
     def submit(self, prompt: PromptType, sampling_params: Optional[SamplingParams] = None,
-               request_id: Optional[str] = None, deliver: Optional[Deliver] = None) -> RequestStream:
+               request_id: Optional[str] = None, deliver: Optional[Deliver] = None,
+               priority: int = 0) -> RequestStream:
         """Start one request and return its stream (outputs per sampling_params.output_kind).
 
         Bad input raises here. With `deliver`, outputs go to that function instead of
         the stream's own queue (for callers that wait on many requests at once).
+        `priority` orders requests under scheduling_policy="priority" (lower runs first).
         """
         self._check_awake()
         params = sampling_params if sampling_params is not None else self.get_default_sampling_params()
         request_id = request_id if request_id is not None else self._next_request_id()
-        new_request = self.llm_engine.input_processor.process(request_id, prompt, params)
+        new_request = self.llm_engine.input_processor.process(request_id, prompt, params, priority)
         stream = RequestStream(request_id, deliver, on_close=self.abort)
         self._loop.add(new_request, stream)
         return stream
@@ -126,10 +128,14 @@ class LLM:
         return str(next(self._request_ids))
 
     # ----------------------------------------------------------------- generation
-    def generate(self, prompts: PromptsType, sampling_params: ParamsType = None,
-                 use_tqdm: bool = True) -> list[RequestOutput]:
-        """Generate completions for all prompts; results come back in input order."""
-        return batch.generate(self, prompts, sampling_params, use_tqdm)
+    def generate(self, prompts: PromptsType, sampling_params: ParamsType = None, use_tqdm: bool = True,
+                 priority: Union[None, int, Sequence[int]] = None) -> list[RequestOutput]:
+        """Generate completions for all prompts; results come back in input order.
+
+        `priority`: one int, or one per prompt (scheduling_policy="priority"; lower runs first).
+        """
+        priorities = priorities_per_prompt(priority, len(as_list(prompts)))
+        return batch.generate(self, prompts, sampling_params, use_tqdm, [{"priority": p} for p in priorities])
 
     def stream(self, prompts: PromptsType, sampling_params: ParamsType = None) -> Iterator[RequestOutput]:
         """Yield outputs of all prompts as they are produced (any order across prompts).
@@ -161,14 +167,15 @@ class LLM:
     def chat(self, messages: Messages, sampling_params: ParamsType = None, use_tqdm: bool = True,
              chat_template: Optional[str] = None, add_generation_prompt: bool = True,
              continue_final_message: bool = False, chat_template_kwargs: Optional[dict] = None,
-             tools: Optional[list[dict]] = None) -> list[RequestOutput]:
+             tools: Optional[list[dict]] = None,
+             priority: Union[None, int, Sequence[int]] = None) -> list[RequestOutput]:
         """Generate replies to one conversation or a list of them, batched together.
 
         `tools` (OpenAI-style function schemas) are handed to the chat template, as vLLM does.
         """
         prompts = self.render_chat_prompts(messages, chat_template, add_generation_prompt, continue_final_message,
                                            chat_template_kwargs, tools)
-        return self.generate(prompts, sampling_params, use_tqdm)
+        return self.generate(prompts, sampling_params, use_tqdm, priority)
 
     def stream_chat(self, messages: Messages, sampling_params: ParamsType = None,
                     chat_template: Optional[str] = None, add_generation_prompt: bool = True,

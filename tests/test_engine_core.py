@@ -295,3 +295,43 @@ def test_sleep_needs_an_idle_engine_and_forgets_cached_prefixes():
     assert engine.core.wake_up(None) is True
     with pytest.raises(ValueError, match="wake_up tags"):
         engine.core.wake_up(["gpu"])
+
+
+def test_priority_policy_admits_the_most_urgent_first_and_preempts_the_least():
+    engine = fake_engine(max_num_seqs=1, scheduling_policy="priority")
+    for request_id, priority in (("low", 5), ("high", -1), ("mid", 0)):
+        engine.core.add_request(engine.input_processor.process(request_id, "abc", SamplingParams(
+            max_tokens=2, ignore_eos=True), priority))
+    order = [o.request_id for o in run_to_end(engine) if o.finished]
+    assert order == ["high", "mid", "low"]
+
+
+def test_fcfs_ignores_priority():
+    engine = fake_engine(max_num_seqs=1)
+    for request_id, priority in (("first", 5), ("second", -1)):
+        engine.core.add_request(engine.input_processor.process(request_id, "abc", SamplingParams(
+            max_tokens=2, ignore_eos=True), priority))
+    assert [o.request_id for o in run_to_end(engine) if o.finished] == ["first", "second"]
+
+
+def test_priority_policy_preempts_the_least_urgent_running_request():
+    bm = BlockManager(5, 4)  # 4 usable blocks
+    scheduler = Scheduler(bm, max_num_seqs=8, max_num_batched_tokens=100, max_model_len=64, policy="priority")
+    urgent_late, lax_early = _request("urgent", 7, arrival=2.0), _request("lax", 8, arrival=1.0)
+    urgent_late.priority, lax_early.priority = 0, 9
+    scheduler.add_request(lax_early)
+    scheduler.add_request(urgent_late)
+    assert [r.request_id for r in scheduler.waiting] == ["urgent", "lax"]
+    out = scheduler.schedule()
+    scheduler.update_after_step(out)
+    for request in (urgent_late, lax_early):
+        request.append_output_token(1)
+    urgent_late.append_output_token(1)  # needs a third block now
+    urgent_late.num_computed_tokens += 1
+    out = scheduler.schedule()
+    assert out.preempted == [lax_early]
+
+
+def test_unknown_scheduling_policy_is_refused():
+    with pytest.raises(ValueError, match="scheduling_policy"):
+        Scheduler(BlockManager(5, 4), 1, 8, 16, policy="lifo")

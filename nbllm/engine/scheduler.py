@@ -4,7 +4,9 @@ Each step has a budget of `max_num_batched_tokens`. Running requests are served
 first, in arrival order (a decode needs one token, an unfinished prefill takes a
 chunk); then waiting requests are admitted while the budget, `max_num_seqs` and
 the KV pool allow. When the pool runs dry the most recently admitted running
-request is preempted: its blocks are freed and it is recomputed later. Pure Python.
+request is preempted: its blocks are freed and it is recomputed later. With the
+"priority" policy (vLLM's), waiting requests are served by (priority, arrival), lower
+first, and the least urgent running request is the one preempted. Pure Python.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Iterable, Optional
 
 from nbllm.engine.block_manager import BlockManager, SlotAllocation
 from nbllm.engine.sequence import Request, RequestStatus
+
+SCHEDULING_POLICIES = ("fcfs", "priority")
 
 
 @dataclass
@@ -47,7 +51,10 @@ class Scheduler:
     """Owns the waiting and running queues and the block manager."""
 
     def __init__(self, block_manager: BlockManager, max_num_seqs: int,
-                 max_num_batched_tokens: int, max_model_len: int):
+                 max_num_batched_tokens: int, max_model_len: int, policy: str = "fcfs"):
+        if policy not in SCHEDULING_POLICIES:
+            raise ValueError(f"scheduling_policy must be one of {SCHEDULING_POLICIES}, got {policy!r}")
+        self.policy = policy
         self.block_manager = block_manager
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
@@ -58,7 +65,17 @@ class Scheduler:
 
     # ----------------------------------------------------------------- queues
     def add_request(self, request: Request) -> None:
-        self.waiting.append(request)
+        if self.policy == "priority":
+            self._insert_by_priority(request)
+        else:
+            self.waiting.append(request)
+
+    def _insert_by_priority(self, request: Request) -> None:
+        """Keep `waiting` ordered by (priority, arrival): lower values are served first, as in vLLM."""
+        key = (request.priority, request.arrival_time)
+        index = next((i for i, r in enumerate(self.waiting) if (r.priority, r.arrival_time) > key),
+                     len(self.waiting))
+        self.waiting.insert(index, request)
 
     def add_running(self, request: Request) -> None:
         """Admit a request that already holds its blocks (a forked beam)."""
@@ -133,16 +150,22 @@ class Scheduler:
                 return None
 
     def _pick_victim(self, scheduled_ids: set[str]) -> Optional[Request]:
-        for request in reversed(self.running):
-            if request.request_id not in scheduled_ids:
-                return request
-        return None
+        """The newest unscheduled running request (fcfs), or the least urgent one (priority)."""
+        candidates = [r for r in reversed(self.running) if r.request_id not in scheduled_ids]
+        if not candidates:
+            return None
+        if self.policy == "priority":
+            return max(candidates, key=lambda r: (r.priority, r.arrival_time))
+        return candidates[0]
 
     def _preempt(self, request: Request, out: SchedulerOutput) -> None:
         self.running.remove(request)
         self.block_manager.free(request)
         request.reset_for_recompute()
-        self.waiting.appendleft(request)
+        if self.policy == "priority":
+            self._insert_by_priority(request)
+        else:
+            self.waiting.appendleft(request)
         self.num_preemptions += 1
         out.preempted.append(request)
 
