@@ -120,10 +120,11 @@ def stream(client: "EngineClient", prompts: PromptsType, sampling_params: Params
     items = as_list(prompts)
     params = params_per_prompt(sampling_params, len(items), client.get_default_sampling_params)
     batch = submit_all(client, len(items), lambda i, deliver: client.submit(items[i], params[i], deliver=deliver))
-    return _outputs_of(drain(batch))
+    return outputs_of(drain(batch))
 
 
-def _outputs_of(pairs: Iterator[tuple[int, Any]]) -> Iterator[Any]:
+def outputs_of(pairs: Iterator[tuple[int, Any]]) -> Iterator[Any]:
+    """The outputs of `drain`, without their indices; closing this closes the drain (aborting the rest)."""
     try:
         for _, output in pairs:
             yield output

@@ -29,10 +29,6 @@ def load_chat_template(path_or_string: Union[str, Path]) -> str:
                      f"a readable file, nor a Jinja template string")
 
 
-def is_single_conversation(messages: Any) -> bool:
-    return isinstance(messages, (list, tuple)) and (not messages or isinstance(messages[0], dict))
-
-
 def validate_conversation(conversation: Sequence[Any]) -> None:
     if not conversation:
         raise ValueError("the conversation is empty: it needs at least one message")

@@ -144,7 +144,7 @@ class RemoteLLM:
         """Like chat(), streamed as stream() is."""
         started = self._submit_chats(messages, sampling_params, False, _template_fields(
             chat_template, add_generation_prompt, continue_final_message, chat_template_kwargs))
-        return _outputs_of(batch.drain(started))
+        return batch.outputs_of(batch.drain(started))
 
     def render_chat_prompts(self, messages: Messages, chat_template: Optional[str] = None,
                             add_generation_prompt: bool = True, continue_final_message: bool = False,
@@ -275,11 +275,3 @@ def _template_fields(chat_template: Optional[str], add_generation_prompt: bool, 
         fields["chat_template_kwargs"] = chat_template_kwargs
     return fields
 
-
-def _outputs_of(pairs: Iterator[tuple[int, RequestOutput]]) -> Iterator[RequestOutput]:
-    """The outputs of `batch.drain`; closing this closes the drain, which aborts the unfinished."""
-    try:
-        for _, output in pairs:
-            yield output
-    finally:
-        pairs.close()  # type: ignore[attr-defined]  # a generator
