@@ -1,4 +1,4 @@
-"""Loading: sharded safetensors, pytorch_model.bin, a .gguf file, dtypes, generation_config modes."""
+"""Loading: sharded safetensors (by their index), pytorch_model.bin, a .gguf file, dtypes, generation_config modes."""
 
 import json
 import shutil
@@ -35,6 +35,22 @@ def test_sharded_safetensors(tiny_llama_path, tmp_path, reference_tokens):
     assert len(list(folder.glob("*.safetensors"))) > 1
     with LLM(str(folder), num_kv_blocks=32) as llm:
         assert _tokens(llm) == reference_tokens
+
+
+def test_shard_index_decides_the_weight_files(tiny_llama_path, tmp_path, reference_tokens):
+    """Mistral's repositories hold the weights twice, consolidated.safetensors beside the shards: read the shards."""
+    from safetensors.torch import save_file
+
+    from nbllm.loader import weight_files
+
+    folder = _resave(tiny_llama_path, tmp_path / "sharded", max_shard_size="100KB")
+    save_file({"not.a.model.weight": torch.zeros(2)}, folder / "consolidated.safetensors")
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    assert weight_files(folder) == sorted(folder / name for name in set(index["weight_map"].values()))
+    with LLM(str(folder), num_kv_blocks=32) as llm:
+        assert _tokens(llm) == reference_tokens
+    (folder / "model.safetensors.index.json").unlink()
+    assert folder / "consolidated.safetensors" not in weight_files(folder)
 
 
 def test_pytorch_bin_checkpoint(tiny_llama_path, tmp_path, reference_tokens):

@@ -19,7 +19,8 @@ import torch
 from nbllm.config import EngineConfig
 from nbllm.engine.core import EngineCore, ModelExecutor
 from nbllm.engine.input_processor import InputProcessor
-from nbllm.loader import load_generation_config, load_hf_config, load_tokenizer, resolve_model_path, torch_dtype
+from nbllm.loader import (apply_hf_overrides, load_generation_config, load_hf_config, load_tokenizer,
+                          resolve_model_path, resolve_tokenizer_path, torch_dtype)
 from nbllm.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -46,12 +47,14 @@ class LLMEngine:
         """Load the model named by the config (call in the thread that will step the engine)."""
         from nbllm.engine.model_runner import ModelRunner, resolve_device
 
-        model_path = resolve_model_path(config.model)
-        hf_config = load_hf_config(model_path, config.trust_remote_code)
-        tokenizer = load_tokenizer(resolve_model_path(config.tokenizer) if config.tokenizer else model_path,
-                                   config.trust_remote_code)
+        model_path = resolve_model_path(config.model, config.revision, config.download_dir)
+        hf_config = apply_hf_overrides(load_hf_config(model_path, config.trust_remote_code), config.hf_overrides)
+        tokenizer_path = resolve_tokenizer_path(config.tokenizer, model_path, config.tokenizer_revision,
+                                                config.download_dir)
+        tokenizer = load_tokenizer(tokenizer_path, config.trust_remote_code, config.tokenizer_mode)
         generation_config = load_generation_config(
             Path(config.generation_config).expanduser() if config.generation_config not in ("auto", "vllm") else model_path)
+        generation_config.update(config.override_generation_config or {})
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
         device = resolve_device(config.device)
@@ -75,11 +78,12 @@ class LLMEngine:
         return self.core.runner.vocab_size
 
     def get_default_sampling_params(self) -> SamplingParams:
-        """SamplingParams() with the model's generation_config.json defaults, unless mode is "vllm"."""
-        if self.config.generation_config == "vllm":
-            return SamplingParams()
-        overrides = {ours: self.generation_config[theirs] for theirs, ours in GENERATION_CONFIG_FIELDS.items()
-                     if self.generation_config.get(theirs) is not None}
+        """SamplingParams() with the model's generation_config.json defaults and override_generation_config
+        over them; mode "vllm" ignores the file and takes override_generation_config alone (as vLLM does)."""
+        source = (self.config.override_generation_config or {} if self.config.generation_config == "vllm"
+                  else self.generation_config)
+        overrides = {ours: source[theirs] for theirs, ours in GENERATION_CONFIG_FIELDS.items()
+                     if source.get(theirs) is not None}
         return SamplingParams(**overrides)
 
     def has_unfinished_requests(self) -> bool:
