@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from nbllm.views.formatters import register_formatters
+
 if TYPE_CHECKING:  # for type checkers and the API reference; at run time __getattr__ loads them
     from nbllm.chat_utils import load_chat_template
     from nbllm.client import RemoteError, RemoteLLM
@@ -47,6 +49,8 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
+register_formatters()  # in a running IPython, a BeamSearchOutput or BeamTree displays as the beam view
+
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
@@ -62,4 +66,5 @@ def load_ipython_extension(ipython: Any) -> None:  # pragma: no cover - exercise
     """`%load_ext nbllm`: the magics, the chat panel and the DataFrame accessor."""
     from nbllm.notebook.magics import load_ipython_extension as load
 
+    register_formatters(ipython)
     load(ipython)

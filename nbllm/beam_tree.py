@@ -6,7 +6,9 @@ sequence it would make, the length-normalised score used for ranking, and what
 became of it: "kept" (a beam continued from it), "pruned" (outscored), or
 "finished" (it was EOS and the sequence was set aside as completed). Nodes that
 end one of the final ranked sequences carry `final_rank` (0 is best).
-Views (nbllm/views) render this; it holds plain data only.
+It holds plain data only and imports no view: nbllm.views draws it
+(`beam_tree_html`, `plot_beam_tree`, `save_beam_tree_html`) and registers the HTML
+view with IPython, so a notebook displays a tree as the interactive beam view.
 """
 
 from __future__ import annotations
@@ -68,19 +70,3 @@ class BeamTree:
         import pandas as pd
 
         return pd.DataFrame(self.to_records())
-
-    # Rich displays are provided by nbllm.views so this module stays dependency-free.
-    def _repr_html_(self) -> str:
-        from nbllm.views.beam_view import beam_tree_html
-
-        return beam_tree_html(self)
-
-    def plot(self, ax=None):
-        from nbllm.views.beam_plot import plot_beam_tree
-
-        return plot_beam_tree(self, ax=ax)
-
-    def save_html(self, path) -> None:
-        from nbllm.views.beam_view import save_beam_tree_html
-
-        save_beam_tree_html(self, path)

@@ -70,7 +70,7 @@ def check_beam_search(nb) -> None:
     tree = next(cell for cell in code_cells(nb) if cell.source == "out")
     assert any("<svg" in o.get("data", {}).get("text/html", "") for o in tree.get("outputs", []))
     assert "candidates" in text_of(cell_starting(nb, "tree = out.tree"))
-    assert has(cell_starting(nb, "tree.plot()"), "image/png")
+    assert has(cell_starting(nb, "from nbllm.views import plot_beam_tree"), "image/png")
     penalties = text_of(cell_starting(nb, "for penalty in"))
     assert penalties.count("length_penalty=") == 3
     view = cell_starting(nb, "from nbllm.views import token_view")

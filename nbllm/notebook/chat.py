@@ -23,11 +23,11 @@ from typing import Any, Callable, Iterator, Optional
 import ipywidgets as widgets
 
 from nbllm.notebook.chat_input import ChatInput
-from nbllm.notebook.chat_render import PANEL_CLASS, STYLESHEET, message_html, progress_text, status_html
 from nbllm.notebook.requests import close_all, default_params
 from nbllm.notebook.session import resolve_engine
 from nbllm.outputs import RequestOutput
 from nbllm.sampling_params import RequestOutputKind, SamplingParams
+from nbllm.views.chat_view import PANEL_CLASS, STYLESHEET, message_html, progress_text, status_html
 
 ROLES = ("system", "user", "assistant")
 _UPDATE_INTERVAL_S = 0.05

@@ -6,11 +6,12 @@ memory counters, so a remote engine reports the same way as a local one.
 
 from __future__ import annotations
 
-import html
 import os
 import sys
 from dataclasses import dataclass
 from typing import Any, Optional
+
+from nbllm.views.status_view import status_table_html
 
 
 @dataclass
@@ -54,9 +55,7 @@ class EngineStatus:
         return "\n".join(f"{name:<{width}}  {value}" for name, value in self.rows())
 
     def _repr_html_(self) -> str:
-        cells = "".join(f"<tr><th style='text-align:left'>{html.escape(name)}</th>"
-                        f"<td style='text-align:left'>{html.escape(value)}</td></tr>" for name, value in self.rows())
-        return f"<table class='nbllm-status'>{cells}</table>"
+        return status_table_html(self.rows())
 
 
 def engine_status(engine: Any) -> EngineStatus:

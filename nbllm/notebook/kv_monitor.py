@@ -15,8 +15,8 @@ from typing import Any, Optional
 
 import ipywidgets as widgets
 
-from nbllm.notebook.kv_render import KVSample, monitor_html, note_html
 from nbllm.notebook.session import resolve_engine
+from nbllm.views.kv_view import KVSample, monitor_html, note_html
 
 _JOIN_TIMEOUT_S = 5.0
 

@@ -123,3 +123,22 @@ TOKEN_CSS = """
 .nbt-t:hover { outline: 2px solid #333; }
 .nbt-nl { color: #999; }
 """
+
+# The chat panel (class nbllm-chat) follows JupyterLab's theme variables, with light fallbacks
+# for Notebook 7 and VS Code.
+CHAT_CSS = """
+.nbllm-chat .nbllm-msg { padding: 6px 10px; margin: 4px 0; border-radius: 8px; line-height: 1.45;
+  max-width: 100%; overflow-x: auto; color: var(--jp-content-font-color1, #111); }
+.nbllm-chat .nbllm-user { background: var(--jp-brand-color3, #dbeafe); margin-left: 15%; white-space: pre-wrap; }
+.nbllm-chat .nbllm-assistant { background: var(--jp-layout-color2, #f1f1f1); margin-right: 5%; }
+.nbllm-chat .nbllm-role { font-size: 11px; font-weight: 600; opacity: 0.6; margin-bottom: 2px; }
+.nbllm-chat .nbllm-msg pre { background: var(--jp-cell-editor-background, #f7f7f7); padding: 6px 8px;
+  border-radius: 4px; overflow-x: auto; }
+.nbllm-chat .nbllm-msg p { margin: 0.3em 0; }
+.nbllm-chat .nbllm-msg table { border-collapse: collapse; margin: 0.3em 0; }
+.nbllm-chat .nbllm-msg th, .nbllm-chat .nbllm-msg td { border: 1px solid var(--jp-border-color2, #ccc);
+  padding: 2px 8px; text-align: left; }
+.nbllm-chat .nbllm-note { font-size: 11px; opacity: 0.6; font-style: italic; }
+.nbllm-chat .nbllm-status { font-size: 12px; opacity: 0.8; }
+.nbllm-chat .nbllm-error { color: var(--jp-error-color1, #b00020); }
+"""

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional
 
-import numpy as np
-
 from nbllm.beam_tree import FINISHED, BeamTree
 from nbllm.views.beam_layout import layout_beam_tree
 from nbllm.views.html_text import prob, shorten, visible
@@ -34,6 +32,7 @@ FAN = 0.3  # how far pruned candidates fan out from their parent, in steps and r
 def plot_beam_tree(tree: BeamTree, ax: Optional[Axes] = None) -> Axes:
     """Draw `tree` on `ax` (a new figure when None) and return the Axes."""
     import matplotlib.pyplot as plt
+    import numpy as np
     from matplotlib import cm, colors
     from matplotlib.collections import LineCollection
     from matplotlib.lines import Line2D

@@ -2,8 +2,9 @@
 
 Token text is shown so that nothing in it is invisible or ambiguous: a space
 becomes '␣' (unless spaces are kept), a newline '↵', a tab '⇥', other control
-characters '\\xNN'; an empty token '∅'. Every text that reaches HTML passes
-through `esc` (element content) or `esc_attr` (attribute values).
+characters '\\xNN'; an empty token '∅'. `esc` is nbllm's one HTML-escaping helper:
+every text that any view writes into HTML (element content or attribute value)
+passes through it.
 """
 
 from __future__ import annotations
@@ -42,12 +43,7 @@ def shorten(text: str, width: int) -> str:
 
 
 def esc(text: str) -> str:
-    """Text escaped for HTML element content (<, > and &)."""
-    return html.escape(text, quote=False)
-
-
-def esc_attr(text: str) -> str:
-    """Text escaped for a double- or single-quoted HTML attribute value."""
+    """Text escaped for HTML: element content, or a double- or single-quoted attribute value."""
     return html.escape(text, quote=True)
 
 

@@ -16,7 +16,7 @@ from typing import Union
 
 from nbllm.outputs import CompletionOutput, Logprob, RequestOutput
 from nbllm.views.assets import TOKEN_CSS, TOOLTIP_CSS, TOOLTIP_JS
-from nbllm.views.html_text import NO_MATH, esc, esc_attr, mix, prob, shorten, unique_id, visible
+from nbllm.views.html_text import NO_MATH, esc, mix, prob, shorten, unique_id, visible
 
 LOW, MID, HIGH = "#f4a3a3", "#fbe38e", "#b7e4b0"
 PROMPT_CHARS = 300
@@ -107,5 +107,5 @@ def _token_span(completion: CompletionOutput, i: int) -> str:
         mark = "▸" if tid == token_id else " "
         lines.append(f"{mark}{alt.rank!s:>3} {shorten(visible(_text(tid, alt)), 14):<14} {alt_p:.4f} "
                      f"{'█' * round(16 * alt_p / top_p) if top_p > 0 else ''}")
-    return (f'<span class="nbt-t" style="background:{probability_colour(p)}" title="{esc_attr(chr(10).join(lines))}">'
+    return (f'<span class="nbt-t" style="background:{probability_colour(p)}" title="{esc(chr(10).join(lines))}">'
             f'{esc(shown)}</span>')

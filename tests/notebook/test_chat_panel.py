@@ -9,8 +9,6 @@ from nb_fakes import SpyLLM, assert_engine_idle, wait_until
 
 from nbllm import SamplingParams
 from nbllm.notebook.chat import ChatPanel, ChatState
-from nbllm.notebook.chat_render import message_html
-from nbllm.notebook.markdown import render_markdown, render_markdown_basic
 
 LONG = SamplingParams(temperature=0, max_tokens=3000, ignore_eos=True)  # seconds of work for long_llm
 SHORT = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
@@ -188,14 +186,3 @@ def test_errors_show_in_the_panel(tiny_llm, when):
     assert ("prompt is too long" if when == "submit" else "the engine step failed") in panel.status.value
     assert panel.chat_state is ChatState.IDLE
     assert_engine_idle(tiny_llm)
-
-
-def test_markdown_replies_are_safe_and_highlighted():
-    text = "**Bold** <script>alert(1)</script>\n\n```python\ndef f():\n    return 1\n```\n\n- a\n- b"
-    for render in (render_markdown, render_markdown_basic):
-        html = render(text)
-        assert "<script>" not in html and "&lt;script&gt;" in html
-        assert "<strong>Bold</strong>" in html and "<li>a</li>" in html
-        assert '<span style="color:' in html, "code is highlighted with inline colours"
-    assert "&lt;b&gt;" in message_html("user", "<b>hi</b>")
-    assert "partial\u258d" in message_html("assistant", "partial", streaming=True)

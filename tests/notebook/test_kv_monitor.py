@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import io
-
 import matplotlib
 import pytest
 from nb_fakes import wait_until
 
 from nbllm import LLM, SamplingParams
 from nbllm.notebook.kv_monitor import KVCacheMonitor
-from nbllm.notebook.kv_render import BLOCK_COLOURS, KVSample, block_grid_html, png_bytes
-from nbllm.notebook.plots import plot_kv_usage
+from nbllm.views.kv_plot import plot_kv_usage
+from nbllm.views.kv_view import KVSample
 
 matplotlib.use("Agg")
 
@@ -85,16 +83,6 @@ def test_metric_errors_show_in_the_widget():
 def test_interval_must_be_positive(tiny_llm):
     with pytest.raises(ValueError, match="interval"):
         KVCacheMonitor(tiny_llm, interval=0)
-
-
-def test_block_grid_is_one_pixel_per_block():
-    import matplotlib.image
-
-    states = ["used", "cached", "free"] * 30
-    image = matplotlib.image.imread(io.BytesIO(png_bytes(3, 1, [BLOCK_COLOURS[s] for s in states[:3]])))
-    assert image.shape == (1, 3, 3)
-    assert tuple(round(c * 255) for c in image[0, 0]) == BLOCK_COLOURS["used"]
-    assert 'width="' in block_grid_html(states) and "image-rendering: pixelated" in block_grid_html(states)
 
 
 def sample(t: float, usage: float) -> KVSample:

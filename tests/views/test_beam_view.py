@@ -118,16 +118,12 @@ def test_layout_is_tidy_and_bounded(which, big_tree, request):
     assert len(beam_tree_html(tree)) < 1_500_000
 
 
-def test_displays_and_saves(real_output, tmp_path):
-    assert re.match('<div class="nbb [^"]*" id="nbllm-beam-', real_output._repr_html_())
-    assert parse(real_output.tree._repr_html_()).find_all("div")[0].classes() >= {"nbb", "mathjax_ignore"}
+def test_saves_a_standalone_page(real_output, tmp_path):
     path = tmp_path / "tree.html"
-    real_output.tree.save_html(path)
+    save_beam_tree_html(real_output.tree, path)
     page = path.read_text(encoding="utf-8")
     assert page.startswith("<!DOCTYPE html>") and '<meta charset="utf-8">' in page
     assert len(parse(page).find_all("g", "data-node")) == sum(n.status != PRUNED for n in real_output.tree.nodes)
-    save_beam_tree_html(real_output.tree, tmp_path / "again.html")
-    assert (tmp_path / "again.html").stat().st_size > 1000
 
 
 def test_a_prompt_only_tree_renders():

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect
 
-from nbllm.views import beam_tree_html, token_view_html
+from nbllm.views import beam_tree_html, save_beam_tree_html, token_view_html
 from nbllm.views.html_text import prob, visible
 
 pytestmark = pytest.mark.browser
@@ -30,7 +30,7 @@ def open_html(page, html: str, path) -> None:
 
 def test_beam_view_renders_and_shows_details_on_hover(page, real_output, artifacts):
     tree = real_output.tree
-    tree.save_html(artifacts / "beam_real.html")
+    save_beam_tree_html(tree, artifacts / "beam_real.html")
     page.goto((artifacts / "beam_real.html").as_uri())
     assert_not_blank(page.screenshot(path=artifacts / "beam_real.png", full_page=True))
 

@@ -1,16 +1,23 @@
 """Static matplotlib plots of recorded engine metrics.
 
-`plot_kv_usage` draws KV-cache usage over time from any sequence of objects with
-`timestamp` and `kv_cache_usage_perc` (MetricsSnapshot, or a KVCacheMonitor's
-`history`), with the 90% and 98% lines the live monitor shows.
+`plot_kv_usage` draws KV-cache usage over time from a sequence of KVSample (a
+KVCacheMonitor's `history`) or MetricsSnapshot, with the 90% and 98% lines the
+live monitor shows.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence, Union
+
+from nbllm.metrics import MetricsSnapshot
+from nbllm.views.kv_view import KVSample
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 
-def plot_kv_usage(history: Sequence[Any], ax: Any = None, title: Optional[str] = "KV cache usage") -> Any:
+def plot_kv_usage(history: Sequence[Union[KVSample, MetricsSnapshot]], ax: Optional[Axes] = None,
+                  title: Optional[str] = "KV cache usage") -> Axes:
     """Plot usage (%) against seconds since the first sample; returns the Axes."""
     samples = list(history)
     if not samples:

@@ -1,20 +1,23 @@
 """Pictures of the KV cache for the live monitor: a usage chart (SVG) and a block grid (PNG).
 
 Pure functions of metrics: they read `MetricsSnapshot` fields and `KVSample`s and
-return HTML, so the monitor's thread only sets one string trait. The block grid is
-one pixel per block, scaled up by the browser: a few hundred bytes per update even
-for thousands of blocks.
+return HTML, so the monitor's thread only sets one string trait. The block grid
+is one pixel per block, written by matplotlib and scaled up by the browser: a few
+hundred bytes per update even for thousands of blocks.
 """
 
 from __future__ import annotations
 
 import base64
-import html
+import io
 import math
-import struct
-import zlib
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Sequence
+
+import numpy as np
+
+from nbllm.metrics import MetricsSnapshot
+from nbllm.views.html_text import esc
 
 BLOCK_COLOURS = {"free": (226, 226, 226), "used": (33, 118, 210), "cached": (67, 160, 71)}
 _BACKGROUND = (255, 255, 255)
@@ -35,7 +38,7 @@ class KVSample:
     tokens_per_second: float
 
     @classmethod
-    def from_snapshot(cls, m: Any) -> "KVSample":
+    def from_snapshot(cls, m: MetricsSnapshot) -> "KVSample":
         return cls(m.timestamp, m.kv_cache_usage_perc, m.num_blocks_used, m.num_blocks_cached,
                    m.num_requests_running, m.num_requests_waiting, m.num_preemptions, m.tokens_per_second)
 
@@ -44,25 +47,25 @@ class KVSample:
         return replace(self, timestamp=other.timestamp) == other
 
 
-def png_bytes(width: int, height: int, pixels: Sequence[tuple[int, int, int]]) -> bytes:
-    """An 8-bit RGB PNG of `pixels` (row-major, width * height of them)."""
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+def block_grid_png(states: Sequence[str], columns: int) -> bytes:
+    """A PNG with one pixel per block, row after row of `columns`, coloured free / used / cached."""
+    from matplotlib.image import imsave
 
-    rows = (b"\x00" + bytes(c for p in pixels[y * width:(y + 1) * width] for c in p) for y in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"".join(rows)))
-            + chunk(b"IEND", b""))
+    rows = math.ceil(max(len(states), 1) / columns)
+    pixels = np.full((rows * columns, 3), _BACKGROUND, dtype=np.uint8)
+    if states:
+        pixels[:len(states)] = [BLOCK_COLOURS.get(s, _BACKGROUND) for s in states]
+    buffer = io.BytesIO()
+    imsave(buffer, pixels.reshape(rows, columns, 3), format="png", metadata={"Software": None})
+    return buffer.getvalue()
 
 
 def block_grid_html(states: Sequence[str], max_columns: int = 64, max_height_px: int = 200) -> str:
     """An <img> with one square per KV block, coloured free / used / cached."""
-    count = max(len(states), 1)
-    columns = min(max_columns, count)
-    rows = math.ceil(count / columns)
+    columns = min(max_columns, max(len(states), 1))
+    rows = math.ceil(max(len(states), 1) / columns)
     cell = max(2, min(10, 512 // columns, max_height_px // rows))
-    pixels = [BLOCK_COLOURS.get(s, _BACKGROUND) for s in states] + [_BACKGROUND] * (columns * rows - len(states))
-    data = base64.b64encode(png_bytes(columns, rows, pixels)).decode()
+    data = base64.b64encode(block_grid_png(states, columns)).decode()
     return (f'<img class="nbllm-kv-grid" alt="KV block grid" src="data:image/png;base64,{data}" '
             f'width="{columns * cell}" height="{rows * cell}" '
             f'style="image-rendering: pixelated; border: 1px solid #ccc; max-width: none">')
@@ -71,6 +74,7 @@ def block_grid_html(states: Sequence[str], max_columns: int = 64, max_height_px:
 def usage_chart_svg(samples: Sequence[KVSample], width: int = 512, height: int = 120, window_s: float = 60.0) -> str:
     """KV usage (%) over the last `window_s` seconds, with the 90% and 98% lines."""
     left, top, plot_w, plot_h = 34, 6, width - 40, height - 24
+
     def y(percent: float) -> float:
         return top + plot_h * (1 - percent / 100)
 
@@ -97,21 +101,21 @@ def usage_chart_svg(samples: Sequence[KVSample], width: int = 512, height: int =
     return "".join(parts)
 
 
-def monitor_html(m: Any, samples: Sequence[KVSample]) -> str:
+def monitor_html(m: MetricsSnapshot, samples: Sequence[KVSample]) -> str:
     """The whole monitor: numbers, usage chart and block grid for one snapshot."""
     legend = " ".join(f'<span style="display:inline-block;width:9px;height:9px;background:rgb{colour}"></span> '
-                      f"{name}" for name, colour in BLOCK_COLOURS.items())
-    stats = (f"<b>KV cache {m.kv_cache_usage_perc:.1%}</b> · {m.num_blocks_used}/{m.num_blocks_total} blocks used "
-             f"({m.block_size} tokens each) · {m.num_blocks_cached} cached · "
-             f"{m.num_requests_running} running · {m.num_requests_waiting} waiting · "
-             f"prefix hit rate {m.prefix_cache_hit_rate:.1%} · {m.num_preemptions} preemptions · "
-             f"{m.tokens_per_second:.1f} tokens/s")
+                      f"{esc(name)}" for name, colour in BLOCK_COLOURS.items())
+    stats = esc(f"{m.num_blocks_used}/{m.num_blocks_total} blocks used ({m.block_size} tokens each) · "
+                f"{m.num_blocks_cached} cached · {m.num_requests_running} running · "
+                f"{m.num_requests_waiting} waiting · prefix hit rate {m.prefix_cache_hit_rate:.1%} · "
+                f"{m.num_preemptions} preemptions · {m.tokens_per_second:.1f} tokens/s")
     return (f'<div class="nbllm-kv-monitor-view" style="font-size:12px">'
-            f'<div class="nbllm-kv-stats">{stats}</div>{usage_chart_svg(samples)}'
-            f'<div style="margin:2px 0">{legend}</div>{block_grid_html(m.block_states)}</div>')
+            f'<div class="nbllm-kv-stats"><b>KV cache {m.kv_cache_usage_perc:.1%}</b> · {stats}</div>'
+            f'{usage_chart_svg(samples)}<div style="margin:2px 0">{legend}</div>'
+            f'{block_grid_html(m.block_states)}</div>')
 
 
 def note_html(text: str, error: bool = False) -> str:
     """A one-line note shown instead of (or under) the pictures."""
     colour = "#b00020" if error else "#666"
-    return f'<div class="nbllm-kv-note" style="font-size:12px;color:{colour}">{html.escape(text)}</div>'
+    return f'<div class="nbllm-kv-note" style="font-size:12px;color:{colour}">{esc(text)}</div>'
