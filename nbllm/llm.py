@@ -30,11 +30,13 @@ DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 
 
 class LLM:
-    """An LLM with its engine, e.g. ``LLM()`` for the embedded default model.
+    """An LLM with its engine: ``LLM()`` for the embedded default model, ``LLM("org/name")``
+    for a Hugging Face hub id (from the local cache when offline), a model folder or a .gguf file.
 
-    Keyword arguments are EngineConfig fields (dtype, max_model_len, block_size,
-    max_num_seqs, max_num_batched_tokens, enable_prefix_caching,
-    kv_cache_memory_bytes, num_kv_blocks, attention_backend, generation_config, ...).
+    Keyword arguments are EngineConfig fields, named as vLLM's engine arguments (dtype,
+    max_model_len, block_size, max_num_seqs, max_num_batched_tokens, enable_prefix_caching,
+    scheduling_policy, max_logprobs, logprobs_mode, skip_tokenizer_init, revision,
+    download_dir, kv_cache_memory_bytes, num_kv_blocks, attention_backend, generation_config, ...).
     """
 
     def __init__(self, model: Optional[str] = None, **engine_kwargs: Any):
