@@ -41,7 +41,7 @@ class DecodeGraphRunner:
     def __init__(self, model: nn.Module, kv_caches: list[KVCache], backend: AttentionBackend, *,
                  block_size: int, max_num_seqs: int, max_model_len: int, device: torch.device,
                  use_graphs: bool = True):
-        if not hasattr(backend, "prepare_static_decode"):
+        if not backend.supports_cuda_graphs:
             raise ValueError(f"the {backend.name!r} attention backend cannot be captured in CUDA graphs")
         self.model = model
         self.kv_caches = kv_caches
@@ -136,7 +136,7 @@ def decode_graph_runner_for(model: nn.Module, kv_caches: list[KVCache], backend:
                             max_model_len: int,
                             log: Optional[Callable[[str], None]] = None) -> Optional[DecodeGraphRunner]:
     """A graph runner when CUDA graphs apply (CUDA device, Triton backend, not enforce_eager), else None."""
-    if enforce_eager or device.type != "cuda" or not hasattr(backend, "prepare_static_decode"):
+    if enforce_eager or device.type != "cuda" or not backend.supports_cuda_graphs:
         return None
     start = time.perf_counter()
     runner = DecodeGraphRunner(model, kv_caches, backend, block_size=block_size, max_num_seqs=max_num_seqs,

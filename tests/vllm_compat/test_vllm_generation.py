@@ -1,8 +1,9 @@
 """LLM.generate details that vLLM's tests check, on the tiny random model."""
 
+import pytest
 import torch
 
-from nbllm import SamplingParams
+from nbllm import LLM, SamplingParams
 
 GREEDY = dict(temperature=0, max_tokens=6, ignore_eos=True)
 
@@ -39,12 +40,35 @@ def test_decoded_tokens_are_decoded_in_context_and_never_a_lone_replacement_char
     assert prompt_text == tokenizer.decode(output.prompt_token_ids[1:])
 
 
-def test_logprobs_minus_one_return_the_whole_vocabulary(tiny_llm):
-    [output] = tiny_llm.generate("Hi", SamplingParams(logprobs=-1, max_tokens=1, temperature=0), use_tqdm=False)
+def test_logprobs_minus_one_return_the_whole_vocabulary_when_max_logprobs_allows(tiny_llm, tiny_llama_path):
+    whole = SamplingParams(logprobs=-1, max_tokens=1, temperature=0)
     vocab = tiny_llm.llm_engine.vocab_size
+    # vLLM caps logprobs at max_logprobs (20 by default), -1 included: the error names both numbers.
+    with pytest.raises(ValueError, match=f"Requested sample logprobs of {vocab}, which is greater than max allowed: 20"):
+        tiny_llm.generate("Hi", whole, use_tqdm=False)
+    with pytest.raises(ValueError, match="prompt logprobs of 21"):
+        tiny_llm.generate("Hi", SamplingParams(prompt_logprobs=21), use_tqdm=False)
+    with LLM(str(tiny_llama_path), max_logprobs=-1, num_kv_blocks=16, block_size=8) as llm:
+        [output] = llm.generate("Hi", whole, use_tqdm=False)
     [entry] = output.outputs[0].logprobs
     assert len(entry) == vocab
     assert abs(sum(torch.tensor([lp.logprob for lp in entry.values()]).exp().tolist()) - 1.0) < 1e-3
+
+
+@pytest.mark.parametrize("mode", ["raw_logprobs", "raw_logits", "processed_logprobs", "processed_logits"])
+def test_logprobs_mode_reports_raw_or_processed_values(tiny_llama_path, mode):
+    params = SamplingParams(logprobs=3, max_tokens=4, temperature=0.5, top_k=3, seed=7, ignore_eos=True)
+    with LLM(str(tiny_llama_path), logprobs_mode=mode, num_kv_blocks=16, block_size=8) as llm:
+        [output] = llm.generate("Once upon a time", params, use_tqdm=False)
+    for token, entry in zip(output.outputs[0].token_ids, output.outputs[0].logprobs):
+        values = torch.tensor([lp.logprob for lp in entry.values()])
+        if mode == "raw_logprobs":
+            assert (values <= 0).all() and values.exp().sum() < 1.0 + 1e-5
+        elif mode == "processed_logprobs":  # top_k=3: the three kept tokens share all the mass
+            assert abs(values.exp().sum().item() - 1.0) < 1e-4
+        else:  # logits: not normalised; processed ones are divided by the temperature
+            assert not torch.allclose(values.exp().sum(), torch.tensor(1.0), atol=1e-3)
+        assert entry[token].rank is not None
 
 
 def test_logits_processors_steer_generation_in_both_forms(tiny_llm):

@@ -47,3 +47,19 @@ def test_num_unfinished_requests_and_reset_prefix_cache(tiny_llm):
     assert tiny_llm.reset_prefix_cache() is True
     assert tiny_llm.get_stats().num_blocks_cached == 0
     assert tiny_llm.llm_engine.get_num_unfinished_requests() == 0
+
+
+def test_generation_config_penalties_and_skip_special_tokens_are_defaults(tiny_llama_path, tmp_path):
+    import json
+    import shutil
+
+    from nbllm import LLM
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_llama_path, model)
+    json.dump({"presence_penalty": 0.5, "frequency_penalty": 0.25, "skip_special_tokens": False, "temperature": 0.7},
+              open(model / "generation_config.json", "w"))
+    with LLM(str(model), num_kv_blocks=16, block_size=8) as llm:
+        defaults = llm.get_default_sampling_params()
+    assert (defaults.presence_penalty, defaults.frequency_penalty) == (0.5, 0.25)
+    assert defaults.skip_special_tokens is False and defaults.temperature == 0.7
