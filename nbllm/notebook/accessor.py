@@ -16,8 +16,8 @@ from typing import Any, Optional
 import pandas as pd
 
 from nbllm.notebook.dataframes import run_batch
-from nbllm.notebook.requests import default_params
 from nbllm.notebook.session import resolve_engine
+from nbllm.protocol import EngineClient
 from nbllm.sampling_params import SamplingParams
 
 
@@ -32,14 +32,14 @@ def template_fields(template: str) -> list[str]:
     return [re.split(r"[.\[]", f, maxsplit=1)[0] for f in fields]
 
 
-def generate_column(rows: list[Optional[str]], llm: Any, sampling_params: Optional[SamplingParams], chat: bool,
-                    system: Optional[str], n: int, use_tqdm: bool) -> list[Any]:
+def generate_column(rows: list[Optional[str]], llm: Optional[EngineClient], sampling_params: Optional[SamplingParams],
+                    chat: bool, system: Optional[str], n: int, use_tqdm: bool) -> list[Any]:
     """One result per row (None where the row's prompt is None); each distinct prompt runs once."""
-    llm = resolve_engine(llm)
-    params = (sampling_params or default_params(llm)).updated(n=n)
+    engine = resolve_engine(llm)
+    params = (sampling_params or engine.get_default_sampling_params()).updated(n=n)
     counts = Counter(p for p in rows if p is not None)  # keeps first-seen order
     unique = list(counts)
-    outputs = run_batch(llm, unique, params, chat, system, [counts[p] for p in unique], use_tqdm)
+    outputs = run_batch(engine, unique, params, chat, system, [counts[p] for p in unique], use_tqdm)
     texts = {p: [c.text for c in o.outputs] for p, o in zip(unique, outputs)}
     return [None if p is None else (texts[p][0] if n == 1 else texts[p]) for p in rows]
 
@@ -63,7 +63,7 @@ class LLMDataFrameAccessor:
         self._frame = frame
 
     def generate(self, template: str, out: str = "completion", sampling_params: Optional[SamplingParams] = None,
-                 chat: bool = False, system: Optional[str] = None, n: int = 1, llm: Any = None,
+                 chat: bool = False, system: Optional[str] = None, n: int = 1, llm: Optional[EngineClient] = None,
                  use_tqdm: bool = True) -> pd.DataFrame:
         """Fill `{column}` placeholders per row, generate, and return a copy with column `out`."""
         names = template_fields(template)
@@ -89,7 +89,8 @@ class LLMSeriesAccessor:
         self._series = series
 
     def generate(self, template: str, sampling_params: Optional[SamplingParams] = None, chat: bool = False,
-                 system: Optional[str] = None, n: int = 1, llm: Any = None, use_tqdm: bool = True) -> pd.Series:
+                 system: Optional[str] = None, n: int = 1, llm: Optional[EngineClient] = None,
+                 use_tqdm: bool = True) -> pd.Series:
         """Fill `{}` with each value, generate, and return the completions with the same index."""
         names = template_fields(template)
         if not names:

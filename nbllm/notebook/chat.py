@@ -1,11 +1,13 @@
 """ChatPanel: an ipywidgets chat on the kernel's engine, replies streamed as they are generated.
 
 The panel's state is plain Python (the message list) plus widgets. Buttons and
-`send_message()` run in the kernel's main thread: they submit the request there, so bad
-input raises at once and shows in the status line. The reply is read by a worker
-thread that only sets widget traits; a stale worker (its turn was stopped or
-cleared away) changes nothing. Stop aborts the request, which frees its KV blocks
-before `stop()` returns. Several panels on one engine are batched together.
+`send_message()` run in the kernel's main thread: they render the conversation with
+the engine's chat template and `submit` it there, so bad input raises at once and
+shows in the status line, and the request id is known before the first token. The
+reply is read by a worker thread that only sets widget traits; a stale worker (its
+turn was stopped or cleared away) changes nothing. Stop aborts the request at once
+and returns when the engine has ended it (its KV blocks are free). Several panels on
+one engine are batched together; any EngineClient (LLM or RemoteLLM) will do.
 
 Keys: Enter sends, Shift+Enter starts a new line (the message box is a small
 anywidget, chat_input.py, since ipywidgets' Textarea cannot tell the two apart).
@@ -18,15 +20,16 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import ipywidgets as widgets
 
 from nbllm.notebook.chat_input import ChatInput
-from nbllm.notebook.requests import close_all, default_params
 from nbllm.notebook.session import resolve_engine
 from nbllm.outputs import RequestOutput
+from nbllm.protocol import EngineClient
 from nbllm.sampling_params import RequestOutputKind, SamplingParams
+from nbllm.streams import RequestStream
 from nbllm.views.chat_view import PANEL_CLASS, STYLESHEET, message_html, progress_text, status_html
 
 ROLES = ("system", "user", "assistant")
@@ -47,18 +50,19 @@ class _Turn:
 
     message: dict
     view: widgets.HTML
+    stream: RequestStream  # its request id is known from submit: Stop can abort before the first token
     stop: threading.Event = field(default_factory=threading.Event)
-    request_id: Optional[str] = None
     thread: Optional[threading.Thread] = None
 
 
 class ChatPanel(widgets.VBox):
     """A chat with the kernel's engine (or `llm`); `panel.messages` holds the conversation."""
 
-    def __init__(self, llm: Any = None, system_prompt: Optional[str] = None,
+    def __init__(self, llm: Optional[EngineClient] = None, system_prompt: Optional[str] = None,
                  sampling_params: Optional[SamplingParams] = None) -> None:
         self.llm = resolve_engine(llm)
-        self._base_params = sampling_params or default_params(self.llm).updated(max_tokens=_DEFAULT_MAX_TOKENS)
+        self._base_params = sampling_params or self.llm.get_default_sampling_params().updated(
+            max_tokens=_DEFAULT_MAX_TOKENS)
         self._history: list[dict] = []
         self._views: list[widgets.HTML] = []
         self._turn: Optional[_Turn] = None
@@ -80,14 +84,14 @@ class ChatPanel(widgets.VBox):
         labelled = {"description_width": "initial"}
         self.system_prompt = widgets.Textarea(value=system_prompt, placeholder="(optional)", rows=1,
                                               description="System prompt", style=labelled, layout=full)
-        max_len = getattr(self.llm, "max_model_len", None) or 4096
+        max_len = self.llm.max_model_len or 4096  # a remote server may not say
         self.temperature = widgets.FloatSlider(value=params.temperature, min=0.0, max=2.0, step=0.05,
                                                description="temperature", style=labelled)
         self.top_p = widgets.FloatSlider(value=params.top_p, min=0.05, max=1.0, step=0.05, description="top_p",
                                          style=labelled)
         self.max_tokens = widgets.IntSlider(value=min(params.max_tokens or 256, max_len), min=1, max=max_len,
                                             description="max tokens", style=labelled)
-        self.status = widgets.HTML(status_html(f"{getattr(self.llm, 'model_name', 'engine')} ready"))
+        self.status = widgets.HTML(status_html(f"{self.llm.model_name} ready"))
         buttons = [self.send_button, self.stop_button, self.regenerate_button, self.undo_button, self.clear_button]
         for button in buttons:
             button.layout = widgets.Layout(width="auto")
@@ -124,14 +128,14 @@ class ChatPanel(widgets.VBox):
         self._start_reply()
 
     def stop(self) -> None:
-        """Abort the streaming reply; its blocks are free when this returns. The partial reply stays."""
+        """Abort the streaming reply, even before its first token; returns once the engine has ended it
+        (its blocks are free). The partial reply stays."""
         turn = self._turn
         if turn is None or turn.thread is None or not turn.thread.is_alive():
             return
         self._set_state(ChatState.STOPPING)
         turn.stop.set()
-        if turn.request_id is not None:
-            self.llm.abort(turn.request_id)
+        self.llm.abort(turn.stream.request_id)
         turn.thread.join(_STOP_TIMEOUT_S)
         if turn.thread.is_alive():  # the engine did not answer in time: detach the worker, it is stale now
             self._detach(turn)
@@ -216,27 +220,26 @@ class ChatPanel(widgets.VBox):
         params = self._base_params.updated(temperature=self.temperature.value, top_p=self.top_p.value,
                                            max_tokens=self.max_tokens.value, n=1,
                                            output_kind=RequestOutputKind.CUMULATIVE)
-        stream = self.llm.stream_chat(self.messages, params)  # submitted here: bad input raises in this thread
+        [prompt] = self.llm.render_chat_prompts(self.messages)
+        stream = self.llm.submit(prompt, params)  # in this thread: bad input raises here, and the id is known
         message = {"role": "assistant", "content": ""}
-        turn = _Turn(message, self._append(message, streaming=True))
-        turn.thread = threading.Thread(target=self._read_reply, args=(turn, stream), daemon=True,
-                                       name="nbllm-chat-reply")
+        turn = _Turn(message, self._append(message, streaming=True), stream)
+        turn.thread = threading.Thread(target=self._read_reply, args=(turn,), daemon=True, name="nbllm-chat-reply")
         with self._lock:
             self._turn = turn
         self._set_state(ChatState.RUNNING)
         self.status.value = status_html("waiting for the first token...")
         turn.thread.start()
 
-    def _read_reply(self, turn: _Turn, stream: Iterator[RequestOutput]) -> None:
+    def _read_reply(self, turn: _Turn) -> None:
         """Worker thread: read outputs and set traits; never prints."""
         started = time.monotonic()
         last_update, output, error = 0.0, None, None
         try:
-            for output in stream:
-                turn.request_id = output.request_id
-                turn.message["content"] = output.outputs[0].text
+            for output in turn.stream:
                 if turn.stop.is_set():
-                    break
+                    continue  # stopped: wait for the engine to end the request (and free its blocks)
+                turn.message["content"] = output.outputs[0].text
                 now = time.monotonic()
                 if now - last_update >= _UPDATE_INTERVAL_S and not output.finished and self._is_current(turn):
                     last_update = now
@@ -245,7 +248,7 @@ class ChatPanel(widgets.VBox):
         except Exception as exc:  # shown in the panel: an exception in a thread would vanish
             error = exc
         finally:
-            close_all([stream])
+            turn.stream.close()  # a reply left early (an error in this thread) is aborted
             self._finish(turn, output, time.monotonic() - started, error)
 
     def _finish(self, turn: _Turn, output: Optional[RequestOutput], elapsed: float,

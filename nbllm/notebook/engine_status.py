@@ -1,7 +1,8 @@
 """What `%nbllm status` shows: the engine's model, memory, KV usage and running requests.
 
-Built from the public facade (`model_name`, `get_metrics()`) and the process's own
-memory counters, so a remote engine reports the same way as a local one.
+Built from the EngineClient contract (`model_name`, `get_stats()`) and the process's
+own memory counters, so a remote engine reports the same way as a local one (where
+its `capabilities.metrics` says it reports metrics at all).
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
+from nbllm.protocol import EngineClient
 from nbllm.views.status_view import status_table_html
 
 
@@ -58,11 +60,11 @@ class EngineStatus:
         return status_table_html(self.rows())
 
 
-def engine_status(engine: Any) -> EngineStatus:
-    """Read the engine's metrics and the process's memory into an EngineStatus."""
-    m = engine.get_metrics()
+def engine_status(engine: EngineClient) -> EngineStatus:
+    """Read the engine's stats and the process's memory into an EngineStatus."""
+    m = engine.get_stats()
     return EngineStatus(
-        engine_type=type(engine).__name__, model=str(getattr(engine, "model_name", "?")),
+        engine_type=type(engine).__name__, model=engine.model_name,
         process_rss_bytes=_process_rss_bytes(), cuda_allocated_bytes=_cuda_allocated_bytes(),
         kv_cache_usage_perc=m.kv_cache_usage_perc, num_blocks_used=m.num_blocks_used,
         num_blocks_cached=m.num_blocks_cached, num_blocks_total=m.num_blocks_total, block_size=m.block_size,

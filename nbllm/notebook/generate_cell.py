@@ -18,9 +18,11 @@ from typing import Any, Mapping, Optional, Sequence
 from IPython.core.error import UsageError
 from IPython.display import DisplayHandle, Markdown, display
 
-from nbllm.notebook.requests import conversation, interleave, open_streams
-from nbllm.outputs import RequestOutput
-from nbllm.sampling_params import SamplingParams
+from nbllm.batch import drain
+from nbllm.notebook.requests import engine_prompts, submit_prompts
+from nbllm.outputs import BeamSearchOutput, RequestOutput
+from nbllm.protocol import EngineClient
+from nbllm.sampling_params import BeamSearchParams, SamplingParams
 
 FORMATS = ("text", "markdown", "code")
 _SEPARATOR = re.compile(r"^---[ \t]*$", re.MULTILINE)
@@ -83,14 +85,19 @@ class LiveOutput:
             self._handle.update(obj, raw=raw)
 
 
-def stream_into_output(llm: Any, prompts: Sequence[str], params: SamplingParams, fmt: str, chat: bool = False,
-                       system: Optional[str] = None) -> tuple[list[RequestOutput], list[list[str]]]:
-    """Run all prompts as one batch, streaming their text; returns the final outputs and texts."""
+def stream_into_output(llm: EngineClient, prompts: Sequence[str], params: SamplingParams, fmt: str,
+                       chat: bool = False, system: Optional[str] = None
+                       ) -> tuple[list[RequestOutput], list[list[str]]]:
+    """Run all prompts as one batch, streaming their text; returns the final outputs and texts.
+
+    Leaving early (an interrupt, an error) aborts the prompts still running.
+    """
+    batch = submit_prompts(llm, prompts, params, chat, system)
     live = LiveOutput(fmt)
     texts = [[""] * params.n for _ in prompts]
     finals: list[Optional[RequestOutput]] = [None] * len(prompts)
     live.show("")
-    for index, output in interleave(open_streams(llm, prompts, params, chat, system)):
+    for index, output in drain(batch):
         for completion in output.outputs:
             texts[index][completion.index] = completion.text
         if output.finished:
@@ -128,17 +135,16 @@ def code_of(text: str) -> str:
 # ----------------------------------------------------------------------------- beams and logprobs
 
 
-def run_beam_search(llm: Any, prompts: Sequence[str], beam_width: int, max_tokens: int, chat: bool,
-                    system: Optional[str]) -> list[Any]:
-    """Beam search over all prompts; each output is displayed with its own view (its tree)."""
-    if not hasattr(llm, "beam_search"):
-        raise UsageError(f"%%generate --beams: {type(llm).__name__} has no beam_search")
-    from nbllm.sampling_params import BeamSearchParams
-
-    inputs: list[Any] = list(prompts)
-    if chat:
-        inputs = llm.render_chat_prompts([conversation(p, system) for p in prompts])
-    outputs = list(llm.beam_search(inputs, BeamSearchParams(beam_width=beam_width, max_tokens=max_tokens)))
+def run_beam_search(llm: EngineClient, prompts: Sequence[str], beam_width: int, max_tokens: int, chat: bool,
+                    system: Optional[str]) -> list[BeamSearchOutput]:
+    """Beam search over all prompts; each output is displayed with its own view (its tree, where the engine has one)."""
+    if not llm.capabilities.beam_search:
+        raise UsageError(f"%%generate --beams: this engine ({type(llm).__name__}) does not do beam search "
+                         f"(its capabilities.beam_search is False)")
+    params = BeamSearchParams(beam_width=beam_width, max_tokens=max_tokens)
+    outputs = list(llm.beam_search(engine_prompts(llm, prompts, chat, system), params))
+    if not llm.capabilities.beam_tree:
+        print(f"(this engine ({type(llm).__name__}) reports no search tree: only the final beams are shown)")
     for output in outputs:
         display(output)
     return outputs

@@ -3,6 +3,8 @@
 `%load_ext nbllm` registers NbllmMagics on the shell. Every magic uses the shell's
 one EngineSession (see session.py). A bad option raises UsageError carrying the
 usage text; a bad value for the engine or the sampler does too, with its message.
+The engine and sampling options are EngineConfig's and SamplingParams' own fields
+(field_options.py), so a field added there is an option here.
 """
 
 from __future__ import annotations
@@ -12,24 +14,26 @@ import keyword
 import os
 import shlex
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_arguments
 
+from nbllm.config import EngineConfig
+from nbllm.field_options import FieldOption, field_options, given
 from nbllm.notebook import generate_cell
 from nbllm.notebook.engine_status import engine_status
-from nbllm.notebook.requests import default_params
 from nbllm.notebook.session import EngineSession, session_for
+from nbllm.protocol import EngineClient
 from nbllm.sampling_params import RequestOutputKind, SamplingParams
 
 DEFAULT_MAX_TOKENS = 128
-_LOAD_OPTIONS = {  # EngineConfig fields that %nbllm load takes as --options, with their types
-    "dtype": str, "device": str, "max_model_len": int, "block_size": int, "num_kv_blocks": int,
-    "kv_cache_memory_bytes": int, "max_num_seqs": int, "max_num_batched_tokens": int,
-    "attention_backend": str, "seed": int, "num_threads": int,
-}
+_LOAD_OPTIONS = tuple(field_options(EngineConfig, exclude={"model"}))  # the model is the positional argument
+# SamplingParams fields %%generate spells out below (own default, parsing or help), and ones whose output
+# a cell does not show (no text, prompt logprobs, logprobs in another layout).
+_SAMPLING_OPTIONS = tuple(field_options(SamplingParams, exclude={"max_tokens", "logprobs", "stop", "detokenize",
+                                                                  "prompt_logprobs", "flat_logprobs"}))
 
 
 def load_ipython_extension(ip: Any) -> None:
@@ -49,9 +53,8 @@ def _load_parser() -> MagicArgumentParser:
     parser = MagicArgumentParser(prog="nbllm load", description="Load (or replace) the kernel's engine.")
     parser.add_argument("model", nargs="?", default=None,
                         help="a Hugging Face folder or .gguf file; nothing loads the default model")
-    for name, kind in _LOAD_OPTIONS.items():
-        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=None)
-    parser.add_argument("--no-prefix-caching", action="store_true", help="disable automatic prefix caching")
+    for option in _LOAD_OPTIONS:
+        parser.add_argument(*option.flags, **option.kwargs)
     return parser
 
 
@@ -72,6 +75,15 @@ def _monitor_parser() -> MagicArgumentParser:
 
 def _no_argument_parser(command: str) -> MagicArgumentParser:
     return MagicArgumentParser(prog=f"nbllm {command}")
+
+
+def _arguments(options: Sequence[FieldOption]) -> Callable[[Callable], Callable]:
+    """Like a stack of `@argument` lines, one per option, in the options' order."""
+    def decorate(func: Callable) -> Callable:
+        for option in reversed(options):  # magic_arguments adds decorators bottom-up
+            argument(*option.flags, **option.kwargs)(func)
+        return func
+    return decorate
 
 
 @magics_class
@@ -105,23 +117,24 @@ class NbllmMagics(Magics):
     def _load(self, rest: str) -> None:
         parser = _load_parser()
         args = _parse(parser, rest)
-        kwargs = {name: getattr(args, name) for name in _LOAD_OPTIONS if getattr(args, name) is not None}
-        if args.no_prefix_caching:
-            kwargs["enable_prefix_caching"] = False
+        kwargs = given(args, _LOAD_OPTIONS)
         start = time.perf_counter()
         try:
             llm = self.session.load(os.path.expanduser(args.model) if args.model else None, **kwargs)
         except (ValueError, TypeError) as exc:
             raise UsageError(f"%nbllm load: {exc}\n\n{parser.format_help()}") from None
-        metrics = llm.get_metrics()
+        stats = llm.get_stats()
         print(f"Loaded {llm.model_name} in {time.perf_counter() - start:.1f}s: "
-              f"{metrics.num_blocks_total} KV blocks of {metrics.block_size} tokens")
+              f"{stats.num_blocks_total} KV blocks of {stats.block_size} tokens")
 
     def _status(self, rest: str) -> Any:
         _parse(_no_argument_parser("status"), rest)
         engine = self.session.engine
         if engine is None:
             print("No engine loaded; the first use loads the default model (or run %nbllm load).")
+            return None
+        if not engine.capabilities.metrics:
+            print(f"{engine.model_name} ({type(engine).__name__}): this engine reports no metrics.")
             return None
         return engine_status(engine)
 
@@ -149,12 +162,8 @@ class NbllmMagics(Magics):
     # ------------------------------------------------------------------ %%generate
     @magic_arguments(name="%generate")  # the usage line adds the other "%"
     @argument("--max-tokens", type=int, default=None, help=f"tokens per completion (default {DEFAULT_MAX_TOKENS})")
-    @argument("--temperature", type=float, default=None)
-    @argument("--top-p", type=float, default=None)
-    @argument("--top-k", type=int, default=None)
-    @argument("--seed", type=int, default=None)
+    @_arguments(_SAMPLING_OPTIONS)
     @argument("--stop", action="append", default=None, help="a stop string (repeatable; \\n and \\t allowed)")
-    @argument("-n", type=int, default=None, help="completions per prompt")
     @argument("--chat", action="store_true", help="apply the model's chat template")
     @argument("--system", default=None, help="a system message (implies --chat)")
     @argument("--beams", type=int, default=None, metavar="K", help="beam search with K beams; shows the tree")
@@ -175,6 +184,9 @@ class NbllmMagics(Magics):
         namespace = self.shell.user_ns
         prompts = [generate_cell.interpolate(p, namespace) for p in generate_cell.split_prompts(cell)]
         llm = self._engine_named(args.llm)
+        if args.logprobs is not None and not llm.capabilities.logprobs:
+            raise UsageError(f"%%generate --logprobs: this engine ({type(llm).__name__}) returns no logprobs "
+                             f"(its capabilities.logprobs is False)")
         chat = args.chat or args.system is not None
         max_tokens = DEFAULT_MAX_TOKENS if args.max_tokens is None else args.max_tokens
         if args.beams is not None:
@@ -196,7 +208,7 @@ class NbllmMagics(Magics):
         namespace[args.out] = result
         return result
 
-    def _engine_named(self, name: Optional[str]) -> Any:
+    def _engine_named(self, name: Optional[str]) -> EngineClient:
         if name is None:
             return self.session.get_engine()
         if name not in self.shell.user_ns:
@@ -204,16 +216,16 @@ class NbllmMagics(Magics):
         return self.shell.user_ns[name]
 
     @staticmethod
-    def _sampling_params(llm: Any, args: Any, max_tokens: int, parser: MagicArgumentParser) -> SamplingParams:
-        changes: dict[str, Any] = {"max_tokens": max_tokens, "output_kind": RequestOutputKind.CUMULATIVE}
-        for field, value in (("temperature", args.temperature), ("top_p", args.top_p), ("top_k", args.top_k),
-                             ("seed", args.seed), ("n", args.n), ("logprobs", args.logprobs)):
-            if value is not None:
-                changes[field] = value
+    def _sampling_params(llm: EngineClient, args: Any, max_tokens: int,
+                         parser: MagicArgumentParser) -> SamplingParams:
+        changes: dict[str, Any] = {**given(args, _SAMPLING_OPTIONS), "max_tokens": max_tokens,
+                                   "output_kind": RequestOutputKind.CUMULATIVE}
+        if args.logprobs is not None:
+            changes["logprobs"] = args.logprobs
         if args.stop:
             changes["stop"] = [_unescape(s) for s in args.stop]
         try:
-            return default_params(llm).updated(**changes)
+            return llm.get_default_sampling_params().updated(**changes)
         except (ValueError, TypeError) as exc:
             raise UsageError(f"%%generate: {exc}\n\n{parser.format_help()}") from None
 

@@ -1,14 +1,17 @@
 """The kernel's one persistent engine: an EngineSession stored on the IPython shell.
 
 Every notebook feature (magics, chat panels, the DataFrame accessor, the KV
-monitor) asks `current_engine()` for the engine unless given one explicitly.
+monitor) asks `resolve_engine()` for the engine unless given one explicitly.
 The first request loads the default model. The session shuts down only engines it
 loaded itself; an engine handed in with `set_engine` stays its owner's to close.
+An engine is any EngineClient: an LLM, or a RemoteLLM standing in for one.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Optional
+
+from nbllm.protocol import EngineClient
 
 _SHELL_ATTRIBUTE = "_nbllm_session"
 
@@ -16,30 +19,30 @@ _SHELL_ATTRIBUTE = "_nbllm_session"
 class EngineSession:
     """Holds the kernel's engine (an LLM, or a RemoteLLM standing in for one)."""
 
-    def __init__(self, factory: Optional[Callable[..., Any]] = None) -> None:
+    def __init__(self, factory: Optional[Callable[..., EngineClient]] = None) -> None:
         self._factory = factory
-        self._engine: Any = None
+        self._engine: Optional[EngineClient] = None
         self._owned = False
 
     @property
-    def engine(self) -> Any:
+    def engine(self) -> Optional[EngineClient]:
         """The current engine, or None when nothing is loaded (never loads)."""
         return self._engine
 
-    def get_engine(self) -> Any:
+    def get_engine(self) -> EngineClient:
         """The current engine; loads the default model on first use."""
         if self._engine is None:
-            self.load()
+            return self.load()
         return self._engine
 
-    def load(self, model: Optional[str] = None, **engine_kwargs: Any) -> Any:
+    def load(self, model: Optional[str] = None, **engine_kwargs: Any) -> EngineClient:
         """Load `model` (None: the default) as the kernel's engine, replacing the current one."""
         factory = self._factory or _default_factory
         engine = factory(model, **engine_kwargs)  # build first: a failed load keeps the old engine
         self._replace(engine, owned=True)
         return engine
 
-    def set_engine(self, engine: Any, owned: bool = False) -> None:
+    def set_engine(self, engine: EngineClient, owned: bool = False) -> None:
         """Make `engine` the kernel's engine; `owned=True` lets the session shut it down later."""
         if engine is None:
             raise TypeError("set_engine needs an engine; use unload() to drop the current one")
@@ -51,15 +54,14 @@ class EngineSession:
         self._replace(None, owned=False)
         return had_engine
 
-    def _replace(self, engine: Any, owned: bool) -> None:
+    def _replace(self, engine: Optional[EngineClient], owned: bool) -> None:
         old, old_owned = self._engine, self._owned
         self._engine, self._owned = engine, owned
-        shutdown = getattr(old, "shutdown", None)  # a remote engine may have nothing to shut down
-        if old is not None and old is not engine and old_owned and shutdown is not None:
-            shutdown()
+        if old is not None and old is not engine and old_owned:
+            old.shutdown()
 
 
-def _default_factory(model: Optional[str], **engine_kwargs: Any) -> Any:
+def _default_factory(model: Optional[str], **engine_kwargs: Any) -> EngineClient:
     from nbllm.llm import LLM
 
     return LLM(model, **engine_kwargs)
@@ -84,6 +86,6 @@ def current_session() -> EngineSession:
     return session_for(shell)
 
 
-def resolve_engine(llm: Any = None) -> Any:
+def resolve_engine(llm: Optional[EngineClient] = None) -> EngineClient:
     """`llm` if given, else the kernel's engine (loading the default model on first use)."""
     return llm if llm is not None else current_session().get_engine()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
-from nb_fakes import SpyLLM, assert_engine_idle, wait_until
+from nb_fakes import FailingAfterFirstOutput, HeldEngine, SpyLLM, assert_engine_idle, wait_until
 
 from nbllm import SamplingParams
 from nbllm.notebook.chat import ChatPanel, ChatState
@@ -48,9 +49,10 @@ def test_send_button_uses_the_input_and_controls(spy):
     panel.input.value = "Hi"
     panel.send_button.click()
     assert panel.wait(10)
-    [(method, messages, params)] = spy.submitted
-    assert method == "stream_chat" and messages == [{"role": "system", "content": "Be brief."},
-                                                    {"role": "user", "content": "Hi"}]
+    [messages] = spy.rendered
+    [(_, prompt, params)] = spy.submitted
+    assert messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    assert prompt == spy.llm.render_chat_prompts(messages)[0]
     assert (params.temperature, params.top_p, params.max_tokens) == (0.3, 0.8, 5)
 
 
@@ -58,9 +60,9 @@ def test_stop_aborts_and_frees_the_blocks_at_once(long_llm):
     panel = ChatPanel(long_llm, sampling_params=LONG)
     panel.send_message("Tell me a long story")
     assert wait_until(lambda: len(panel.messages[-1]["content"]) > 0)
-    assert long_llm.get_metrics().num_requests_running == 1
+    assert long_llm.get_stats().num_requests_running == 1
     panel.stop_button.click()
-    assert_engine_idle(long_llm)
+    assert_engine_idle(long_llm, timeout=0)
     assert panel.chat_state is ChatState.IDLE and "stopped" in panel.status.value
     reply = panel.messages[-1]
     assert reply["role"] == "assistant" and 0 < len(reply["content"])
@@ -71,8 +73,21 @@ def test_stop_before_the_first_token(long_llm):
     panel = ChatPanel(long_llm, sampling_params=LONG)
     panel.send_message("Quick")
     panel.stop()
-    assert_engine_idle(long_llm)
+    assert_engine_idle(long_llm, timeout=0)
     assert panel.chat_state is ChatState.IDLE
+
+
+def test_stop_before_the_first_token_aborts_at_once():
+    """The request id comes from submit, so Stop aborts a request that has produced nothing yet."""
+    engine = HeldEngine()
+    panel = ChatPanel(engine, sampling_params=SHORT)
+    panel.send_message("Hello")
+    [request_id] = engine.streams
+    started = time.monotonic()
+    panel.stop()
+    assert engine.aborted == [request_id] and time.monotonic() - started < 1.0
+    assert panel.chat_state is ChatState.IDLE and "stopped" in panel.status.value
+    assert panel.messages == [{"role": "user", "content": "Hello"}], "an empty reply is not kept"
 
 
 def test_regenerate_undo_and_clear(spy):
@@ -83,7 +98,7 @@ def test_regenerate_undo_and_clear(spy):
     panel.regenerate_button.click()
     panel.wait(10)
     assert len(panel.messages) == 2 and panel.messages[-1]["content"] == first  # greedy: the same reply again
-    assert len(spy.submitted) == 2 and spy.submitted[1][1] == [{"role": "user", "content": "One"}]
+    assert len(spy.submitted) == 2 and spy.rendered[1] == [{"role": "user", "content": "One"}]
     panel.send_message("Two")
     panel.wait(10)
     panel.undo_button.click()
@@ -124,7 +139,7 @@ def test_export_and_reload_continue_the_conversation(spy):
     assert len(reply_views(other)) == 2
     other.send_message("More")
     other.wait(10)
-    assert spy.submitted[-1][1] == panel.messages + [{"role": "user", "content": "More"}]
+    assert spy.rendered[-1] == panel.messages + [{"role": "user", "content": "More"}]
 
 
 @pytest.mark.parametrize("text, message", [("{}", "JSON list"), ('[{"role": "robot", "content": "x"}]', "message 0"),
@@ -140,7 +155,7 @@ def test_two_panels_chat_at_once_in_one_batch(long_llm):
               for _ in range(2)]
     for i, panel in enumerate(panels):
         panel.send_message(f"Panel {i}")
-    assert wait_until(lambda: long_llm.get_metrics().num_requests_running == 2, timeout=5), "replies run together"
+    assert wait_until(lambda: long_llm.get_stats().num_requests_running == 2, timeout=5), "replies run together"
     assert all(panel.wait(30) for panel in panels)
     assert all(len(panel.messages) == 2 and "300 tokens" in panel.status.value for panel in panels)
     assert_engine_idle(long_llm)
@@ -155,30 +170,18 @@ def test_sending_while_streaming_is_refused_in_the_status_line(long_llm):
     assert_engine_idle(long_llm)
 
 
-class FailingLLM(SpyLLM):
-    """Rejects every request when it is submitted, or fails mid-stream."""
+class RejectingLLM(SpyLLM):
+    """Rejects every request when it is submitted."""
 
-    def __init__(self, llm, when: str):
-        super().__init__(llm)
-        self.when = when
-
-    def stream_chat(self, messages, params=None, **kwargs):
-        if self.when == "submit":
-            raise ValueError("prompt is too long")
-        return self._fail_after_first(super().stream_chat(messages, params, **kwargs))
-
-    @staticmethod
-    def _fail_after_first(stream):
-        try:
-            yield next(stream)
-            raise RuntimeError("the engine step failed")
-        finally:
-            stream.close()
+    def submit(self, prompt, sampling_params=None, request_id=None, deliver=None):
+        raise ValueError("prompt is too long")
 
 
 @pytest.mark.parametrize("when", ["submit", "stream"])
 def test_errors_show_in_the_panel(tiny_llm, when):
-    panel = ChatPanel(FailingLLM(tiny_llm, when), sampling_params=LONG)
+    engine = RejectingLLM(tiny_llm) if when == "submit" else \
+        FailingAfterFirstOutput(tiny_llm, RuntimeError("the engine step failed"))
+    panel = ChatPanel(engine, sampling_params=LONG)
     panel.input.value = "Hi"
     panel.send_button.click()
     assert panel.wait(10)

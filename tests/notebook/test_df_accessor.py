@@ -52,9 +52,10 @@ def test_n_completions_chat_and_system(frame, spy):
     result = frame.head(2).llm.generate("Hi {city}", out="replies", n=2, chat=True, system="Be brief.",
                                         sampling_params=SamplingParams(max_tokens=3), llm=spy, use_tqdm=False)
     assert all(isinstance(r, list) and len(r) == 2 for r in result["replies"])
-    method, messages, params = spy.submitted[0]
-    assert method == "stream_chat" and params.n == 2
-    assert messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi Paris"}]
+    [conversations] = spy.rendered  # one call renders every row's chat
+    assert conversations == [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"Hi {city}"}]
+                             for city in ("Paris", "Rome")]
+    assert [params.n for _, _, params in spy.submitted] == [2, 2]
 
 
 def test_series_accessor(spy, tiny_llm):
@@ -70,7 +71,7 @@ def test_series_accessor(spy, tiny_llm):
 
 
 def test_generate_dataframe_rows(tiny_llm):
-    params = SamplingParams(max_tokens=4, n=2, ignore_eos=True)
+    params = SamplingParams(max_tokens=4, n=2, ignore_eos=True, logprobs=0)  # cumulative_logprob needs logprobs
     table = generate_dataframe(tiny_llm, ["Hello", "Once upon a time"], params, use_tqdm=False)
     assert list(table.columns) == ["prompt", "text", "finish_reason", "prompt_tokens", "completion_tokens",
                                    "cumulative_logprob", "latency_s"]
@@ -83,8 +84,8 @@ def test_generate_dataframe_rows(tiny_llm):
 
 def test_a_hundred_rows_run_as_one_batch(tiny_llm):
     frame = pd.DataFrame({"i": range(100)})
-    start = tiny_llm.get_metrics().requests_finished_total
+    start = tiny_llm.get_stats().requests_finished_total
     result = frame.llm.generate("Number {i}", sampling_params=SamplingParams(max_tokens=2), llm=tiny_llm,
                                 use_tqdm=False)
     assert result["completion"].notna().all()
-    assert tiny_llm.get_metrics().requests_finished_total - start == 100
+    assert tiny_llm.get_stats().requests_finished_total - start == 100

@@ -7,7 +7,8 @@ import pytest
 from nb_fakes import wait_until
 
 from nbllm import LLM, SamplingParams
-from nbllm.notebook.kv_monitor import KVCacheMonitor
+from nbllm.notebook.kv_monitor import NO_BLOCK_STATES, NO_METRICS, KVCacheMonitor
+from nbllm.protocol import EngineCapabilities
 from nbllm.views.kv_plot import plot_kv_usage
 from nbllm.views.kv_view import KVSample
 
@@ -34,22 +35,33 @@ def test_monitor_follows_a_generation_and_stops_on_close(tiny_llm):
 
 
 class FrozenEngine:
-    """An idle engine whose metrics never change."""
+    """An idle engine whose stats never change (the KV monitor reads nothing else)."""
 
     is_running = True
 
-    def __init__(self, snapshot):
+    def __init__(self, snapshot, **capabilities):
         self.snapshot = snapshot
+        self.capabilities = EngineCapabilities(**capabilities)
 
-    def get_metrics(self):
+    def get_stats(self):
         return self.snapshot
 
 
 def test_idle_engine_is_not_redrawn(tiny_llm):
-    monitor = KVCacheMonitor(FrozenEngine(tiny_llm.get_metrics()), interval=10)
+    monitor = KVCacheMonitor(FrozenEngine(tiny_llm.get_stats()), interval=10)
     try:
         assert wait_until(lambda: len(monitor.history) == 1)
         assert monitor.update() is False and len(monitor.history) == 1
+        assert NO_BLOCK_STATES not in monitor.view.value
+    finally:
+        monitor.close()
+
+
+def test_an_engine_without_block_states_says_so(tiny_llm):
+    monitor = KVCacheMonitor(FrozenEngine(tiny_llm.get_stats(), block_states=False), interval=10)
+    try:
+        assert wait_until(lambda: NO_BLOCK_STATES in monitor.view.value)
+        assert "KV cache" in monitor.view.value, "the numbers and the chart are still shown"
     finally:
         monitor.close()
 
@@ -67,7 +79,10 @@ def test_monitor_stops_when_the_engine_shuts_down(tiny_llama_path):
 class BrokenMetrics:
     is_running = True
 
-    def get_metrics(self):
+    def __init__(self, **capabilities):
+        self.capabilities = EngineCapabilities(**capabilities)
+
+    def get_stats(self):
         raise ConnectionError("server went away")
 
 
@@ -78,6 +93,12 @@ def test_metric_errors_show_in_the_widget():
         assert monitor.running
     finally:
         monitor.close()
+
+
+def test_an_engine_without_metrics_is_not_polled():
+    monitor = KVCacheMonitor(BrokenMetrics(metrics=False), interval=0.01)
+    assert NO_METRICS in monitor.view.value and not monitor.running
+    monitor.close()
 
 
 def test_interval_must_be_positive(tiny_llm):
@@ -96,7 +117,7 @@ def test_plot_kv_usage_draws_usage_and_thresholds(tiny_llm):
     usage_line = ax.get_lines()[0]
     assert list(usage_line.get_xdata()) == [0.0, 0.5, 1.0] and list(usage_line.get_ydata()) == [10.0, 50.0, 95.0]
     assert sorted(line.get_ydata()[0] for line in ax.get_lines()[1:]) == [90, 98]
-    snapshots = [tiny_llm.get_metrics(), tiny_llm.get_metrics()]
+    snapshots = [tiny_llm.get_stats(), tiny_llm.get_stats()]
     assert len(plot_kv_usage(snapshots).get_lines()[0].get_xdata()) == 2  # MetricsSnapshot works as well
     with pytest.raises(ValueError, match="empty"):
         plot_kv_usage([])

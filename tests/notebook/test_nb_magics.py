@@ -8,7 +8,7 @@ import types
 import pytest
 from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
-from nb_fakes import SpyLLM, assert_engine_idle
+from nb_fakes import FailingAfterFirstOutput, SpyLLM, assert_engine_idle
 
 from nbllm import SamplingParams
 from nbllm.notebook import generate_cell
@@ -35,6 +35,17 @@ def test_options_become_sampling_params(ip, spy):
     assert params.stop == ["\n", "END"]
     assert ip.user_ns["answer"] is result and isinstance(result, list) and len(result) == 2
     assert_engine_idle(spy)
+
+
+def test_every_sampling_field_is_an_option(ip, spy):
+    """The options mirror SamplingParams' fields (derived, not listed by hand)."""
+    ip.user_ns["engine"] = spy
+    ip.run_cell_magic("generate", "--llm engine --max-tokens 3 --min-p 0.1 --repetition-penalty 1.2 "
+                                  "--presence-penalty 0.5 --min-tokens 2 --ignore-eos --no-skip-special-tokens", "Hi")
+    [(_, _, params)] = spy.submitted
+    assert (params.min_p, params.repetition_penalty, params.presence_penalty, params.min_tokens) == (0.1, 1.2, 0.5, 2)
+    assert params.ignore_eos is True and params.skip_special_tokens is False
+    assert params.top_k == spy.get_default_sampling_params().top_k, "an option left out keeps the engine's default"
 
 
 def test_default_max_tokens_and_no_out_returns_nothing(ip, spy):
@@ -79,29 +90,13 @@ def test_separated_prompts_run_as_one_batch_in_order(ip, tiny_llm, spy):
     result = ip.run_cell_magic("generate", "--llm engine --temperature 0 --max-tokens 6 --out texts", body)
     prompts = [e[1] for e in spy.submitted]
     assert prompts == ["Once upon a time", "The capital of France", "def add(a, b):"]
-    first_read = next(i for i, e in enumerate(spy.events) if e[0] == "read")
-    assert first_read == 3, "every prompt is submitted before any output is read"
+    assert [e[0] for e in spy.events if e[0] != "output"] == ["submit"] * 3, "one request per prompt, no other call"
     assert result == [greedy(tiny_llm, p, 6) for p in prompts]
 
 
-class InterruptedLLM(SpyLLM):
-    """The user interrupts the kernel while the second prompt's stream is being read."""
-
-    def stream(self, prompts, params=None):
-        stream = super().stream(prompts, params)
-        return stream if len(self.submitted) != 2 else self._interrupt(stream)
-
-    @staticmethod
-    def _interrupt(stream):
-        try:
-            yield next(stream)
-            raise KeyboardInterrupt
-        finally:
-            stream.close()
-
-
 def test_an_interrupt_aborts_the_whole_batch(ip, tiny_llm):
-    ip.user_ns["engine"] = InterruptedLLM(tiny_llm)
+    """The user interrupts the kernel while the second prompt's outputs are being read."""
+    ip.user_ns["engine"] = FailingAfterFirstOutput(tiny_llm, KeyboardInterrupt(), submission=2)
     params = "--llm engine --max-tokens 100"
     with pytest.raises(KeyboardInterrupt):
         ip.run_cell_magic("generate", params, "one\n---\ntwo\n---\nthree")
@@ -120,9 +115,10 @@ def test_text_streams_into_one_updating_display(ip, slow):
 def test_chat_and_system_render_the_template(ip, spy):
     ip.user_ns["engine"] = spy
     ip.run_cell_magic("generate", "--llm engine --system 'Be brief.' --max-tokens 3", "Hi there")
-    [(method, messages, _)] = spy.submitted
-    assert method == "stream_chat"
-    assert messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
+    [conversations] = spy.rendered
+    assert conversations == [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]]
+    [(_, prompt, _)] = spy.submitted
+    assert prompt == spy.llm.render_chat_prompts(conversations[0])[0]
 
 
 def test_markdown_format_displays_markdown(ip):
@@ -163,10 +159,17 @@ def test_beams_display_the_search_output(ip):
     assert captured.outputs, "the beam output is displayed"
 
 
-def test_beams_need_an_engine_with_beam_search(ip):
-    ip.user_ns["plain"] = types.SimpleNamespace()
-    with pytest.raises(UsageError, match="has no beam_search"):
+def test_beams_need_an_engine_with_beam_search(ip, tiny_llm):
+    ip.user_ns["plain"] = SpyLLM(tiny_llm, beam_search=False)
+    with pytest.raises(UsageError, match="does not do beam search"):
         ip.run_cell_magic("generate", "--llm plain --beams 2", "Hello")
+
+
+def test_logprobs_need_an_engine_that_returns_them(ip, tiny_llm):
+    ip.user_ns["plain"] = engine = SpyLLM(tiny_llm, logprobs=False)
+    with pytest.raises(UsageError, match="returns no logprobs"):
+        ip.run_cell_magic("generate", "--llm plain --logprobs 2", "Hello")
+    assert engine.submitted == []
 
 
 def test_unknown_llm_variable(ip):
@@ -179,8 +182,14 @@ def test_unknown_llm_variable(ip):
 
 def test_status_shows_model_and_kv_usage(ip, tiny_llm):
     status = ip.run_line_magic("nbllm", "status")
-    assert status.model == tiny_llm.model_name and status.num_blocks_total == tiny_llm.get_metrics().num_blocks_total
+    assert status.model == tiny_llm.model_name and status.num_blocks_total == tiny_llm.get_stats().num_blocks_total
     assert "KV cache" in repr(status) and "<table" in status._repr_html_()
+
+
+def test_status_of_an_engine_without_metrics(ip, tiny_llm, capsys):
+    session_for(ip).set_engine(SpyLLM(tiny_llm, metrics=False))
+    assert ip.run_line_magic("nbllm", "status") is None
+    assert "reports no metrics" in capsys.readouterr().out
 
 
 def test_status_without_engine_loads_nothing(ip, capsys):
@@ -190,9 +199,9 @@ def test_status_without_engine_loads_nothing(ip, capsys):
 
 
 def test_load_and_unload(ip, tiny_llama_path, capsys):
-    ip.run_line_magic("nbllm", f"load {tiny_llama_path} --num-kv-blocks 32 --block-size 8 --no-prefix-caching")
+    ip.run_line_magic("nbllm", f"load {tiny_llama_path} --num-kv-blocks 32 --block-size 8 --no-enable-prefix-caching")
     llm = session_for(ip).engine
-    assert llm.get_metrics().num_blocks_total == 31 and llm.config.enable_prefix_caching is False
+    assert llm.get_stats().num_blocks_total == 31 and llm.config.enable_prefix_caching is False
     assert "Loaded" in capsys.readouterr().out
     ip.run_line_magic("nbllm", "unload")
     assert session_for(ip).engine is None and not llm.is_running, "an engine the session loaded is shut down"
