@@ -1,10 +1,11 @@
-"""The OpenAI-compatible HTTP app over one live LLM: `build_app(llm, model_name=None, api_key=None)`.
+"""The OpenAI-compatible HTTP app over one live engine: `build_app(llm, model_name=None, api_key=None)`.
 
 Endpoints: GET /health, GET /v1/models, POST /v1/completions, POST
 /v1/chat/completions, POST /tokenize, POST /detokenize, GET /metrics (Prometheus,
 vLLM's names). With an API key, every endpoint but /health needs
-`Authorization: Bearer <key>`. The app holds no global state: several apps (and
-the notebook itself) can share one engine, and continuous batching serves them together.
+`Authorization: Bearer <key>`. The engine is any EngineClient (an LLM, normally).
+The app holds no global state: several apps (and the notebook itself) can share one
+engine, and continuous batching serves them together.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from nbllm.protocol import EngineClient
 from nbllm.server import chat, completions, tokenization
-from nbllm.server.errors import error_body, install_error_handlers
+from nbllm.server.errors import OpenAIError, error_body, install_error_handlers
 from nbllm.server.prometheus import EngineCollector
 from nbllm.server.protocol import ErrorResponse, ModelCard, ModelList
 from nbllm.server.state import ServerState
@@ -27,7 +29,7 @@ from nbllm.server.state import ServerState
 _ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for status in (400, 401, 404)}
 
 
-def build_app(llm: Any, model_name: Optional[str] = None, api_key: Optional[str] = None) -> FastAPI:
+def build_app(llm: EngineClient, model_name: Optional[str] = None, api_key: Optional[str] = None) -> FastAPI:
     """An app serving `llm` under `model_name` (default: llm.model_name)."""
     state = ServerState(llm, model_name or llm.model_name, api_key or None)
     app = FastAPI(title="nbllm", summary="OpenAI-compatible API over an nbllm engine", version="1")
@@ -65,7 +67,7 @@ class _RequireKey:
         await self.app(scope, receive, send)
 
 
-def _info_router(state: ServerState, llm: Any) -> APIRouter:
+def _info_router(state: ServerState, llm: EngineClient) -> APIRouter:
     router = APIRouter()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(EngineCollector(llm, state.model_name))
@@ -77,6 +79,8 @@ def _info_router(state: ServerState, llm: Any) -> APIRouter:
 
     @router.get("/metrics")
     async def metrics() -> Response:
+        if not llm.capabilities.metrics:
+            raise OpenAIError(404, "this engine reports no metrics")
         return Response(await state.run(generate_latest, registry), media_type=CONTENT_TYPE_LATEST)
 
     return router

@@ -1,4 +1,4 @@
-"""Serve a live LLM from a daemon thread, so a notebook keeps using the engine while others call it.
+"""Serve a live engine from a daemon thread, so a notebook keeps using the engine while others call it.
 
 The listening socket is bound before the thread starts (port 0 picks a free port,
 known at once); the handle stops the server. uvicorn installs no signal handlers
@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 import uvicorn
 
+from nbllm.protocol import EngineClient
 from nbllm.server.app import build_app
 
 _STARTUP_TIMEOUT_S = 30.0
@@ -51,7 +52,7 @@ class ServerHandle:
         self.stop()
 
 
-def serve_in_background(llm: Any, host: str = "127.0.0.1", port: int = 0, api_key: Optional[str] = None,
+def serve_in_background(llm: EngineClient, host: str = "127.0.0.1", port: int = 0, api_key: Optional[str] = None,
                         model_name: Optional[str] = None, log_level: str = "warning") -> ServerHandle:
     """Start an OpenAI-compatible server for `llm` in a daemon thread and return once it accepts connections."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

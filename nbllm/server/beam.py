@@ -1,14 +1,14 @@
 """`use_beam_search` on the HTTP API: the engine's beam search, answered as n final completions.
 
 The beam width is the request's n; each prompt's best n beams become its choices.
-Beam search returns only when done, so it is not streamed.
+Beam search returns only when done, so it is not streamed; it runs in a worker thread.
+An engine whose `capabilities.beam_search` is False answers 400.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from nbllm.outputs import CompletionOutput, Logprob, RequestOutput
+from nbllm.protocol import EngineClient
 from nbllm.sampling_params import BeamSearchParams
 from nbllm.server.bridge import PreparedPrompt
 from nbllm.server.errors import bad_request, invalid_value
@@ -18,7 +18,7 @@ from nbllm.server.state import ServerState
 
 async def run_beam_search(state: ServerState, body: SamplingRequest,
                           prompts: list[PreparedPrompt]) -> dict[int, RequestOutput]:
-    if not hasattr(state.llm, "beam_search"):
+    if not state.llm.capabilities.beam_search:
         raise bad_request("use_beam_search is not supported by this engine", "use_beam_search")
     try:
         return await state.run(_search_all, state.llm, body, prompts)
@@ -26,7 +26,7 @@ async def run_beam_search(state: ServerState, body: SamplingRequest,
         raise invalid_value(exc, type(body).model_fields) from None
 
 
-def _search_all(llm: Any, body: SamplingRequest, prompts: list[PreparedPrompt]) -> dict[int, RequestOutput]:
+def _search_all(llm: EngineClient, body: SamplingRequest, prompts: list[PreparedPrompt]) -> dict[int, RequestOutput]:
     results = {}
     for index, prompt in enumerate(prompts):
         p = prompt.params

@@ -1,27 +1,26 @@
-"""The threaded engine seen from asyncio: submit off the event loop, await outputs, abort on exit.
+"""The engine seen from asyncio: submit on the event loop, await outputs, abort on exit.
 
-Calls into the engine take its lock, which a step holds, so they run in worker
-threads. Each request's RequestStream is drained by a daemon thread into an
-asyncio.Queue. Leaving `EngineRequests.outputs()` before every request finished
-(an exception, a cancellation because the client disconnected, or closing the
-iterator) aborts the unfinished requests, which frees their KV blocks.
+`EngineClient.submit` and `abort` only queue work for the engine, so the event loop
+calls them directly: no thread per request, none per stream, none per abort. Each
+request's outputs are handed over by its `deliver` function, which the engine's
+thread calls; it moves them onto the event loop with `call_soon_threadsafe`.
+Leaving `EngineRequests.outputs()` before every request finished (an exception, a
+cancellation because the client disconnected, or closing the iterator) aborts the
+unfinished requests, which frees their KV blocks.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Optional, TypeVar
+from typing import AsyncIterator, Awaitable, Callable, Optional, TypeVar
 
-import anyio
 from starlette.requests import Request
 
 from nbllm.outputs import RequestOutput
+from nbllm.protocol import EngineClient
 from nbllm.sampling_params import SamplingParams
-
-if TYPE_CHECKING:  # what llm.submit returns; the server uses the LLM facade only
-    from nbllm.engine.engine_loop import RequestStream
+from nbllm.streams import RequestStream, StreamItem
 
 T = TypeVar("T")
 
@@ -38,21 +37,36 @@ class PreparedPrompt:
 class EngineRequests:
     """The requests of one HTTP call; `outputs()` yields (prompt index, RequestOutput)."""
 
-    def __init__(self, llm: Any, streams: list[RequestStream]):
+    def __init__(self, llm: EngineClient) -> None:
         self._llm = llm
-        self._streams = streams
-        self._unfinished = set(range(len(streams)))
-        self._queue: asyncio.Queue = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-        for index, stream in enumerate(streams):
-            threading.Thread(target=_pump, args=(stream, index, loop, self._queue), daemon=True,
-                             name=f"nbllm-http-{stream.request_id}").start()
+        self._loop = asyncio.get_running_loop()
+        self._queue: "asyncio.Queue[tuple[int, StreamItem]]" = asyncio.Queue()
+        self._streams: list[RequestStream] = []
+        self._unfinished: set[int] = set()
 
     @classmethod
-    async def submit(cls, llm: Any, prompts: list[PreparedPrompt], request_id: str) -> "EngineRequests":
-        """Queue every prompt; the engine's ValueError/TypeError for bad input propagates."""
-        streams = await anyio.to_thread.run_sync(_submit_all, llm, prompts, request_id)
-        return cls(llm, streams)
+    def submit(cls, llm: EngineClient, prompts: list[PreparedPrompt], request_id: str) -> "EngineRequests":
+        """Queue every prompt (on the event loop); the engine's ValueError/TypeError for bad input propagates,
+        and the prompts already queued are aborted."""
+        requests = cls(llm)
+        try:
+            for index, prompt in enumerate(prompts):
+                requests._streams.append(llm.submit({"prompt": prompt.text, "prompt_token_ids": prompt.token_ids},
+                                                    prompt.params, request_id=f"{request_id}-{index}",
+                                                    deliver=requests._deliver_to(index)))
+                requests._unfinished.add(index)
+        except BaseException:
+            requests.abort()
+            raise
+        return requests
+
+    def _deliver_to(self, index: int) -> Callable[[StreamItem], None]:
+        def deliver(item: StreamItem) -> None:  # runs in the engine's thread
+            try:
+                self._loop.call_soon_threadsafe(self._queue.put_nowait, (index, item))
+            except RuntimeError:  # the event loop has closed: the server stopped and nobody is listening
+                pass
+        return deliver
 
     async def outputs(self) -> AsyncIterator[tuple[int, RequestOutput]]:
         try:
@@ -62,45 +76,16 @@ class EngineRequests:
                     raise item
                 if item.finished:
                     self._unfinished.discard(index)
-                yield index, item
+                yield index, item  # type: ignore[misc]  # submit() never asks for beam search
         finally:
             self.abort()
 
     def abort(self) -> None:
-        """Abort what is unfinished without waiting: safe inside a cancelled task."""
-        request_ids = [self._streams[i].request_id for i in self._unfinished]
+        """Abort what is unfinished; it only queues the aborts, so it is safe inside a cancelled task."""
+        request_ids = [self._streams[i].request_id for i in sorted(self._unfinished)]
         self._unfinished.clear()
         if request_ids:
-            threading.Thread(target=self._llm.abort, args=(request_ids,), daemon=True).start()
-
-
-def _submit_all(llm: Any, prompts: list[PreparedPrompt], request_id: str) -> list[RequestStream]:
-    streams: list[RequestStream] = []
-    try:
-        for index, prompt in enumerate(prompts):
-            streams.append(llm.submit({"prompt": prompt.text, "prompt_token_ids": prompt.token_ids}, prompt.params,
-                                      request_id=f"{request_id}-{index}"))
-    except BaseException:
-        if streams:
-            llm.abort([s.request_id for s in streams])
-        raise
-    return streams
-
-
-def _pump(stream: RequestStream, index: int, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> None:
-    def deliver(item: Any) -> bool:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, (index, item))
-        except RuntimeError:  # the event loop has closed: the server stopped and nobody is listening
-            return False
-        return True
-
-    try:
-        for output in stream:
-            if not deliver(output):
-                return
-    except Exception as exc:  # the engine failed this request: the caller answers with the error
-        deliver(exc)
+            self._llm.abort(request_ids)
 
 
 async def cancel_on_disconnect(request: Request, work: Awaitable[T]) -> Optional[T]:

@@ -47,7 +47,7 @@ def build_router(state: ServerState) -> APIRouter:
                 raise bad_request("use_beam_search cannot be combined with stream", "use_beam_search")
             finals = await run_beam_search(state, body, [prompt])
             return _json(_response(state, body, request_id, prompt, finals[0], num_top))
-        requests = await state.submit([prompt], request_id, _FIELDS)
+        requests = state.submit([prompt], request_id, _FIELDS)
         if body.stream:
             return sse_response(_stream(state, body, request_id, prompt, requests, num_top), requests.abort)
         final = await cancel_on_disconnect(request, _collect(requests))

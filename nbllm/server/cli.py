@@ -1,7 +1,8 @@
 """`nbllm serve [MODEL] [options]`: load an engine and serve it with uvicorn (127.0.0.1 unless --host).
 
 MODEL is a Hugging Face folder or GGUF file (default: the embedded default model).
-Engine options carry vLLM's flag names. Ctrl-C (SIGINT) or SIGTERM stops the server.
+Engine options are EngineConfig's fields (field_options.py), which carry vLLM's flag
+names; an option left out keeps EngineConfig's default. Ctrl-C (SIGINT) or SIGTERM stops the server.
 """
 
 from __future__ import annotations
@@ -10,6 +11,11 @@ import argparse
 import os
 import sys
 from typing import Any, Optional, Sequence
+
+from nbllm.config import EngineConfig
+from nbllm.field_options import field_options, given
+
+_ENGINE_OPTIONS = tuple(field_options(EngineConfig, exclude={"model"}))  # the model is the positional argument
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,23 +31,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--served-model-name", default=None, help="the model name clients send (default: MODEL)")
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     engine = serve.add_argument_group("engine options")
-    engine.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
-    engine.add_argument("--device", default="auto", help='"auto", "cpu", "cuda" or "cuda:N"')
-    engine.add_argument("--max-model-len", type=int, default=None)
-    engine.add_argument("--block-size", type=int, default=16)
-    engine.add_argument("--max-num-seqs", type=int, default=256)
-    engine.add_argument("--max-num-batched-tokens", type=int, default=2048)
-    engine.add_argument("--kv-cache-memory-bytes", type=int, default=None)
-    engine.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    engine.add_argument("--no-enable-prefix-caching", dest="enable_prefix_caching", action="store_false")
-    engine.add_argument("--seed", type=int, default=0)
+    for option in _ENGINE_OPTIONS:
+        engine.add_argument(*option.flags, **option.kwargs)
     return parser
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    return {name: getattr(args, name) for name in (
-        "dtype", "device", "max_model_len", "block_size", "max_num_seqs", "max_num_batched_tokens",
-        "kv_cache_memory_bytes", "gpu_memory_utilization", "enable_prefix_caching", "seed")}
+    """The engine options given on the command line, as EngineConfig keyword arguments."""
+    return given(args, _ENGINE_OPTIONS)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

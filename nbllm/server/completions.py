@@ -43,7 +43,7 @@ def build_router(state: ServerState) -> APIRouter:
                 raise bad_request("use_beam_search cannot be combined with stream", "use_beam_search")
             finals = await run_beam_search(state, body, prompts)
             return _json(_response(state, body, request_id, prompts, finals))
-        requests = await state.submit(prompts, request_id, _FIELDS)
+        requests = state.submit(prompts, request_id, _FIELDS)
         if body.stream:
             return sse_response(_stream(state, body, request_id, prompts, requests), requests.abort)
         finals = await cancel_on_disconnect(request, _collect(requests))

@@ -7,18 +7,19 @@ back into a snapshot for RemoteLLM.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from nbllm.client.prometheus_text import CACHE_CONFIG, COUNTERS, GAUGES, HISTOGRAMS
 from nbllm.metrics import Histogram, MetricsSnapshot
+from nbllm.protocol import EngineClient
 
 
 class EngineCollector:
     """A prometheus_client collector over one engine's metrics."""
 
-    def __init__(self, llm: Any, model_name: str):
+    def __init__(self, llm: EngineClient, model_name: str):
         self._llm = llm
         self._labels = {"model_name": model_name, "engine": "0"}
 

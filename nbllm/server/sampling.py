@@ -21,10 +21,12 @@ MAX_N = 128
 MAX_LOGPROBS = 20  # vLLM's default max_logprobs
 LOGIT_BIAS_LIMIT = 100.0  # OpenAI clamps biases to [-100, 100]
 
-_COPIED_FIELDS = ("n", "temperature", "top_p", "presence_penalty", "frequency_penalty", "seed", "stop",
-                  "top_k", "min_p", "repetition_penalty", "stop_token_ids", "bad_words", "allowed_token_ids",
-                  "ignore_eos", "min_tokens", "include_stop_str_in_output", "skip_special_tokens",
-                  "spaces_between_special_tokens", "prompt_logprobs")
+# Request fields that are SamplingParams fields of the same name and meaning, copied as they are. The rest
+# of the overlap is built below: max_tokens (capped by the context window), logprobs (the two endpoints
+# spell it differently) and logit_bias (string keys, clamped values).
+_BUILT_FIELDS = frozenset({"max_tokens", "logprobs", "logit_bias"})
+_COPIED_FIELDS = tuple(sorted(({f.name for f in fields(SamplingParams)} & set(SamplingRequest.model_fields))
+                              - _BUILT_FIELDS))
 
 
 def model_defaults(defaults: SamplingParams) -> dict[str, Any]:

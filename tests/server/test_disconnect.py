@@ -1,4 +1,8 @@
-"""A client that goes away aborts its requests: the engine stops generating for it and frees its blocks."""
+"""A client that goes away aborts its requests: the engine stops generating for it and frees its blocks.
+
+The bridge between the engine and the event loop needs no thread per request: outputs
+arrive through each request's deliver function, aborts are only queued.
+"""
 
 import asyncio
 import json
@@ -9,13 +13,16 @@ import httpx
 import pytest
 
 from http_testing import wait_idle
-from nbllm.server.bridge import cancel_on_disconnect
+from nbllm.outputs import CompletionOutput, RequestOutput
+from nbllm.sampling_params import SamplingParams
+from nbllm.server.bridge import EngineRequests, PreparedPrompt, cancel_on_disconnect
+from nbllm.streams import RequestStream
 
 LONG = {"prompt": "Once upon a time", "max_tokens": 240, "ignore_eos": True, "temperature": 0}
 
 
 def _generated(llm) -> int:
-    return llm.get_metrics().generation_tokens_total
+    return llm.get_stats().generation_tokens_total
 
 
 @pytest.mark.parametrize("path, body", [
@@ -97,3 +104,60 @@ def test_cancel_on_disconnect_cancels_the_work_and_returns_none():
         return result
 
     assert asyncio.run(main()) is None and cleaned_up == [True]
+
+
+class QueueingEngine:
+    """Takes requests and records aborts; the test delivers the outputs, from a thread of its own."""
+
+    def __init__(self, reject_at: int = -1):
+        self.delivers, self.aborted, self._reject_at = {}, [], reject_at
+
+    def submit(self, prompt, sampling_params=None, request_id=None, deliver=None):
+        if len(self.delivers) == self._reject_at:
+            raise ValueError("prompt is too long")
+        self.delivers[request_id] = deliver
+        return RequestStream(request_id, deliver)
+
+    def abort(self, request_ids):
+        self.aborted.extend(request_ids)
+
+
+def _output(request_id: str, finished: bool) -> RequestOutput:
+    completion = CompletionOutput(0, "x", [5], None, None, "stop" if finished else None)
+    return RequestOutput(request_id, None, [1], None, [completion], finished)
+
+
+PROMPTS = [PreparedPrompt("p", [1], SamplingParams()) for _ in range(50)]
+
+
+def test_requests_take_no_thread_and_leaving_aborts_the_unfinished():
+    engine = QueueingEngine()
+
+    async def main():
+        threads = threading.active_count()
+        requests = EngineRequests.submit(engine, PROMPTS, "cmpl-x")
+        assert threading.active_count() == threads, "no thread per request"
+        feeder = threading.Thread(target=lambda: (engine.delivers["cmpl-x-0"](_output("cmpl-x-0", True)),
+                                                  engine.delivers["cmpl-x-7"](_output("cmpl-x-7", False))))
+        feeder.start()
+        feeder.join()
+        outputs = requests.outputs()
+        received = [await outputs.__anext__(), await outputs.__anext__()]
+        await outputs.aclose()  # the client went away
+        return received
+
+    received = asyncio.run(main())
+    assert [(index, output.finished) for index, output in received] == [(0, True), (7, False)]
+    assert sorted(engine.aborted) == sorted(f"cmpl-x-{i}" for i in range(1, 50)), "all but the finished one"
+    engine.delivers["cmpl-x-7"](_output("cmpl-x-7", True))  # after the event loop closed: dropped quietly
+
+
+def test_bad_input_aborts_the_prompts_already_submitted():
+    engine = QueueingEngine(reject_at=3)
+
+    async def main():
+        with pytest.raises(ValueError, match="too long"):
+            EngineRequests.submit(engine, PROMPTS, "cmpl-y")
+
+    asyncio.run(main())
+    assert engine.aborted == ["cmpl-y-0", "cmpl-y-1", "cmpl-y-2"]

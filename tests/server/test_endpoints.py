@@ -1,12 +1,15 @@
 """Every endpoint over real HTTP with httpx: shapes, values against the local engine, SSE framing, metrics."""
 
 import json
+from dataclasses import replace
 
+import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from http_testing import MODEL
 from nbllm import SamplingParams
+from nbllm.server import serve_in_background
 
 GREEDY = {"temperature": 0, "max_tokens": 8, "ignore_eos": True}
 
@@ -162,15 +165,35 @@ def test_metrics_have_vllm_names_and_parse(http, tiny_llm):
     for name in ("vllm:time_to_first_token_seconds", "vllm:inter_token_latency_seconds"):
         assert families[name].type == "histogram"
     generated = families["vllm:generation_tokens"].samples[0].value
-    assert generated == tiny_llm.get_metrics().generation_tokens_total >= 8
+    assert generated == tiny_llm.get_stats().generation_tokens_total >= 8
 
 
 def test_beam_search(http, tiny_llm):
-    if not hasattr(tiny_llm, "beam_search"):
-        pytest.skip("the engine has no beam search")
     from nbllm import BeamSearchParams
 
     local = tiny_llm.beam_search(["Once upon a time"], BeamSearchParams(beam_width=3, max_tokens=6))[0]
     body = http.post("/v1/completions", json={"prompt": "Once upon a time", "n": 3, "max_tokens": 6,
                                               "temperature": 0, "use_beam_search": True}).json()
     assert [c["text"] for c in body["choices"]] == [s.text for s in local.sequences]
+
+
+class _Without:
+    """The tiny engine, claiming to lack some capabilities (as a remote engine may)."""
+
+    def __init__(self, llm, **missing):
+        self._llm = llm
+        self.capabilities = replace(llm.capabilities, **missing)
+
+    def __getattr__(self, name):
+        return getattr(self._llm, name)
+
+
+def test_missing_capabilities_are_answered_not_probed(tiny_llm):
+    with serve_in_background(_Without(tiny_llm, beam_search=False, metrics=False)) as handle:
+        with httpx.Client(base_url=handle.url, timeout=30) as client:
+            beams = client.post("/v1/completions", json={"prompt": "Hi", "n": 2, "max_tokens": 3,
+                                                         "use_beam_search": True})
+            assert beams.status_code == 400 and "use_beam_search" in beams.json()["error"]["message"]
+            metrics = client.get("/metrics")
+            assert metrics.status_code == 404 and "reports no metrics" in metrics.json()["error"]["message"]
+            assert client.post("/v1/completions", json={"prompt": "Hi", "max_tokens": 2}).status_code == 200
