@@ -22,7 +22,7 @@ from nbllm.inputs import ParamsType, PromptsType, PromptType, as_list, conversat
 from nbllm.metrics import MetricsSnapshot
 from nbllm.metrics_reader import Metric, metrics_from_snapshot
 from nbllm.outputs import BeamSearchOutput, RequestOutput
-from nbllm.protocol import EngineCapabilities, Messages
+from nbllm.protocol import Conversation, EngineCapabilities, Messages
 from nbllm.sampling_params import BeamSearchParams, SamplingParams
 from nbllm.streams import Deliver, RequestStream
 
@@ -117,6 +117,16 @@ class LLM:
         stream = RequestStream(request_id, deliver, on_close=self.abort)
         self._loop.add(new_search, stream)
         return stream
+
+    def submit_chat(self, messages: Conversation, sampling_params: Optional[SamplingParams] = None,
+                    request_id: Optional[str] = None, deliver: Optional[Deliver] = None,
+                    chat_template: Optional[str] = None, add_generation_prompt: bool = True,
+                    continue_final_message: bool = False, chat_template_kwargs: Optional[dict] = None,
+                    tools: Optional[list[dict]] = None) -> RequestStream:
+        """Start one chat reply now: the conversation rendered by the chat template, then submit()."""
+        [prompt] = self.render_chat_prompts([messages], chat_template, add_generation_prompt,
+                                            continue_final_message, chat_template_kwargs, tools)
+        return self.submit(prompt, sampling_params, request_id, deliver)
 
     def abort(self, request_id: Union[str, Sequence[str]]) -> None:
         """Abort requests by id; their blocks are freed before the next step."""

@@ -66,6 +66,13 @@ class EngineClient(Protocol):
                request_id: Optional[str] = None, deliver: Optional["Deliver"] = None) -> "RequestStream":
         """Start one request now; bad input raises here. Outputs follow sampling_params.output_kind."""
 
+    def submit_chat(self, messages: Conversation, sampling_params: Optional["SamplingParams"] = None,
+                    request_id: Optional[str] = None, deliver: Optional["Deliver"] = None,
+                    chat_template: Optional[str] = None, add_generation_prompt: bool = True,
+                    continue_final_message: bool = False, chat_template_kwargs: Optional[dict] = None,
+                    tools: Optional[list[dict]] = None) -> "RequestStream":
+        """Start one chat reply now (a local engine renders the template, a remote server its own)."""
+
     def abort(self, request_id: Union[str, Sequence[str]]) -> None:
         """Abort requests by id (unknown ids are ignored); their KV blocks are freed."""
 
@@ -78,19 +85,20 @@ class EngineClient(Protocol):
 
     def chat(self, messages: Messages, sampling_params: "ParamsType" = None, use_tqdm: bool = True,
              chat_template: Optional[str] = None, add_generation_prompt: bool = True,
-             continue_final_message: bool = False,
-             chat_template_kwargs: Optional[dict] = None) -> list["RequestOutput"]:
+             continue_final_message: bool = False, chat_template_kwargs: Optional[dict] = None,
+             tools: Optional[list[dict]] = None) -> list["RequestOutput"]:
         """Replies to one conversation or a list of them."""
 
     def stream_chat(self, messages: Messages, sampling_params: "ParamsType" = None,
                     chat_template: Optional[str] = None, add_generation_prompt: bool = True,
-                    continue_final_message: bool = False,
-                    chat_template_kwargs: Optional[dict] = None) -> Iterator["RequestOutput"]:
+                    continue_final_message: bool = False, chat_template_kwargs: Optional[dict] = None,
+                    tools: Optional[list[dict]] = None) -> Iterator["RequestOutput"]:
         """Like chat(), streamed as stream() is."""
 
     def render_chat_prompts(self, messages: Messages, chat_template: Optional[str] = None,
                             add_generation_prompt: bool = True, continue_final_message: bool = False,
-                            chat_template_kwargs: Optional[dict] = None) -> list[dict]:
+                            chat_template_kwargs: Optional[dict] = None,
+                            tools: Optional[list[dict]] = None) -> list[dict]:
         """Conversations rendered by the chat template into prompt dicts for submit/generate."""
 
     def beam_search(self, prompts: "PromptsType", params: "BeamSearchParams",

@@ -29,7 +29,7 @@ from nbllm.client.wire import OutputBuilder, request_fields
 from nbllm.inputs import ParamsType, PromptsType, PromptType, conversations_of, params_per_prompt, parse_prompt
 from nbllm.metrics import MetricsSnapshot
 from nbllm.outputs import BeamSearchOutput, RequestOutput
-from nbllm.protocol import EngineCapabilities, Messages
+from nbllm.protocol import Conversation, EngineCapabilities, Messages
 from nbllm.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams
 from nbllm.streams import Deliver, RequestStream
 
@@ -108,6 +108,18 @@ class RemoteLLM:
         payload = parsed.token_ids if parsed.token_ids is not None else parsed.text
         return self._start(_COMPLETIONS, {"prompt": payload}, parsed.text, params, request_id, deliver)
 
+    def submit_chat(self, messages: Conversation, sampling_params: Optional[SamplingParams] = None,
+                    request_id: Optional[str] = None, deliver: Optional[Deliver] = None,
+                    chat_template: Optional[str] = None, add_generation_prompt: bool = True,
+                    continue_final_message: bool = False, chat_template_kwargs: Optional[dict] = None,
+                    tools: Optional[list[dict]] = None) -> RequestStream:
+        """Start one chat reply now through /v1/chat/completions (the server renders its template)."""
+        validate_conversation(messages)
+        fields = _template_fields(chat_template, add_generation_prompt, continue_final_message, chat_template_kwargs,
+                                  tools)
+        return self._start(_CHAT, {"messages": list(messages), **fields}, None, self._params(sampling_params),
+                           request_id, deliver)
+
     def abort(self, request_id: Union[str, Sequence[str]]) -> None:
         """Finish these requests now with finish_reason "abort" and close their HTTP streams (unknown ids are
         ignored); the server aborts a request whose stream closes. A non-streamed request (FINAL_ONLY) is
@@ -130,27 +142,31 @@ class RemoteLLM:
 
     def chat(self, messages: Messages, sampling_params: ParamsType = None, use_tqdm: bool = True,
              chat_template: Optional[str] = None, add_generation_prompt: bool = True,
-             continue_final_message: bool = False, chat_template_kwargs: Optional[dict] = None
-             ) -> list[RequestOutput]:
+             continue_final_message: bool = False, chat_template_kwargs: Optional[dict] = None,
+             tools: Optional[list[dict]] = None) -> list[RequestOutput]:
         """Replies to one conversation or a list of them; the server renders its chat template."""
-        started = self._submit_chats(messages, sampling_params, True, _template_fields(
-            chat_template, add_generation_prompt, continue_final_message, chat_template_kwargs))
+        started = self._submit_chats(messages, sampling_params, True, dict(
+            chat_template=chat_template, add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message, chat_template_kwargs=chat_template_kwargs, tools=tools))
         return batch.collect(started, use_tqdm)
 
     def stream_chat(self, messages: Messages, sampling_params: ParamsType = None,
                     chat_template: Optional[str] = None, add_generation_prompt: bool = True,
-                    continue_final_message: bool = False, chat_template_kwargs: Optional[dict] = None
-                    ) -> Iterator[RequestOutput]:
+                    continue_final_message: bool = False, chat_template_kwargs: Optional[dict] = None,
+                    tools: Optional[list[dict]] = None) -> Iterator[RequestOutput]:
         """Like chat(), streamed as stream() is."""
-        started = self._submit_chats(messages, sampling_params, False, _template_fields(
-            chat_template, add_generation_prompt, continue_final_message, chat_template_kwargs))
+        started = self._submit_chats(messages, sampling_params, False, dict(
+            chat_template=chat_template, add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message, chat_template_kwargs=chat_template_kwargs, tools=tools))
         return batch.outputs_of(batch.drain(started))
 
     def render_chat_prompts(self, messages: Messages, chat_template: Optional[str] = None,
                             add_generation_prompt: bool = True, continue_final_message: bool = False,
-                            chat_template_kwargs: Optional[dict] = None) -> list[dict]:
+                            chat_template_kwargs: Optional[dict] = None,
+                            tools: Optional[list[dict]] = None) -> list[dict]:
         """Conversations rendered by the server's chat template (its /tokenize), as prompt dicts for submit."""
-        fields = _template_fields(chat_template, add_generation_prompt, continue_final_message, chat_template_kwargs)
+        fields = _template_fields(chat_template, add_generation_prompt, continue_final_message, chat_template_kwargs,
+                                  tools)
         prompts = []
         for conversation in conversations_of(messages):
             validate_conversation(conversation)
@@ -231,15 +247,15 @@ class RemoteLLM:
                     del self._requests[request.request_id]
 
     def _submit_chats(self, messages: Messages, sampling_params: ParamsType, final_only: bool,
-                      template_fields: dict[str, Any]) -> batch.Batch:
+                      template_options: dict[str, Any]) -> batch.Batch:
         conversations = conversations_of(messages)
         for conversation in conversations:
             validate_conversation(conversation)
         params = params_per_prompt(sampling_params, len(conversations), self.get_default_sampling_params)
         if final_only:
             params = [p.updated(output_kind=RequestOutputKind.FINAL_ONLY) for p in params]
-        return batch.submit_all(self, len(conversations), lambda i, deliver: self._start(
-            _CHAT, {"messages": list(conversations[i]), **template_fields}, None, params[i], None, deliver))
+        return batch.submit_all(self, len(conversations), lambda i, deliver: self.submit_chat(
+            conversations[i], params[i], deliver=deliver, **template_options))
 
 
 class RemoteTokenizer:
@@ -259,7 +275,7 @@ class RemoteTokenizer:
 
 
 def _template_fields(chat_template: Optional[str], add_generation_prompt: bool, continue_final_message: bool,
-                     chat_template_kwargs: Optional[dict]) -> dict[str, Any]:
+                     chat_template_kwargs: Optional[dict], tools: Optional[list[dict]]) -> dict[str, Any]:
     """The chat-template fields of a request, beside their defaults only."""
     if continue_final_message and add_generation_prompt:
         raise ValueError("continue_final_message=True and add_generation_prompt=True cannot be combined: "
@@ -273,5 +289,7 @@ def _template_fields(chat_template: Optional[str], add_generation_prompt: bool, 
         fields["continue_final_message"] = True
     if chat_template_kwargs:
         fields["chat_template_kwargs"] = chat_template_kwargs
+    if tools:
+        fields["tools"] = tools
     return fields
 

@@ -220,8 +220,7 @@ class ChatPanel(widgets.VBox):
         params = self._base_params.updated(temperature=self.temperature.value, top_p=self.top_p.value,
                                            max_tokens=self.max_tokens.value, n=1,
                                            output_kind=RequestOutputKind.CUMULATIVE)
-        [prompt] = self.llm.render_chat_prompts(self.messages)
-        stream = self.llm.submit(prompt, params)  # in this thread: bad input raises here, and the id is known
+        stream = self.llm.submit_chat(self.messages, params)  # in this thread: bad input raises here, id known
         message = {"role": "assistant", "content": ""}
         turn = _Turn(message, self._append(message, streaming=True), stream)
         turn.thread = threading.Thread(target=self._read_reply, args=(turn,), daemon=True, name="nbllm-chat-reply")

@@ -62,6 +62,12 @@ class SpyLLM:
                         deliver=lambda item: self.on_output(stream, item, count))
         return stream
 
+    def submit_chat(self, messages: Any, sampling_params: Optional[SamplingParams] = None,
+                    request_id: Optional[str] = None, deliver: Any = None, **template: Any) -> RequestStream:
+        """As LLM.submit_chat: render (recorded), then submit (recorded)."""
+        [prompt] = self.render_chat_prompts(messages, **template)
+        return self.submit(prompt, sampling_params, request_id, deliver)
+
     def on_output(self, stream: RequestStream, item: Any, submission: int) -> None:
         """Runs in the engine's thread for each output of the `submission`-th request (1-based)."""
         self.events.append(("output", stream.request_id))
@@ -111,6 +117,11 @@ class HeldEngine:
         request_id = request_id or f"held-{len(self.streams)}"
         self.streams[request_id] = RequestStream(request_id, deliver, on_close=self.abort)
         return self.streams[request_id]
+
+    def submit_chat(self, messages: Any, sampling_params: Optional[SamplingParams] = None,
+                    request_id: Optional[str] = None, deliver: Any = None, **template: Any) -> RequestStream:
+        [prompt] = self.render_chat_prompts(messages)
+        return self.submit(prompt, sampling_params, request_id, deliver)
 
     def abort(self, request_id: Any) -> None:
         for rid in [request_id] if isinstance(request_id, str) else request_id:

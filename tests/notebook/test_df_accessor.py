@@ -52,9 +52,8 @@ def test_n_completions_chat_and_system(frame, spy):
     result = frame.head(2).llm.generate("Hi {city}", out="replies", n=2, chat=True, system="Be brief.",
                                         sampling_params=SamplingParams(max_tokens=3), llm=spy, use_tqdm=False)
     assert all(isinstance(r, list) and len(r) == 2 for r in result["replies"])
-    [conversations] = spy.rendered  # one call renders every row's chat
-    assert conversations == [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"Hi {city}"}]
-                             for city in ("Paris", "Rome")]
+    assert spy.rendered == [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"Hi {city}"}]
+                            for city in ("Paris", "Rome")]  # one submit_chat per row
     assert [params.n for _, _, params in spy.submitted] == [2, 2]
 
 

@@ -115,10 +115,10 @@ def test_text_streams_into_one_updating_display(ip, slow):
 def test_chat_and_system_render_the_template(ip, spy):
     ip.user_ns["engine"] = spy
     ip.run_cell_magic("generate", "--llm engine --system 'Be brief.' --max-tokens 3", "Hi there")
-    [conversations] = spy.rendered
-    assert conversations == [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]]
+    [conversation] = spy.rendered
+    assert conversation == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
     [(_, prompt, _)] = spy.submitted
-    assert prompt == spy.llm.render_chat_prompts(conversations[0])[0]
+    assert prompt == spy.llm.render_chat_prompts(conversation)[0]
 
 
 def test_markdown_format_displays_markdown(ip):
