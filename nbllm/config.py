@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional, Union
 # vLLM's dtype spellings -> the torch dtype name nbllm stores ("auto" is resolved by the loader).
 DTYPE_ALIASES = {"auto": "auto", "half": "float16", "float16": "float16", "bfloat16": "bfloat16",
                  "float": "float32", "float32": "float32"}
+QUANTIZATION_METHODS = (None, "gguf", "int8", "int4")  # weight-only, CPU (nbllm/quant)
 ATTENTION_BACKENDS = ("auto", "torch", "triton")
 GENERATION_CONFIG_MODES = ("auto", "vllm")
 TASKS = ("auto", "generate")  # vLLM's pooling and transcription tasks need models nbllm does not run
@@ -50,6 +51,9 @@ class EngineConfig:
     task: str = "auto"
     runner: str = "auto"
     dtype: str = "auto"
+    # None: as the checkpoint is (a .gguf loads its quantized blocks on CPUs unless dtype="float32");
+    # "int8" / "int4": weight-only, groups of 32, quantized on load (CPU only; nbllm/quant)
+    quantization: Optional[str] = None
     seed: Optional[int] = 0  # None: a random seed, drawn once here
     generation_config: str = "auto"
     override_generation_config: Optional[dict] = None  # merged over generation_config.json
@@ -102,6 +106,8 @@ class EngineConfig:
         if dtype not in DTYPE_ALIASES:
             raise ValueError(f"dtype must be one of {tuple(DTYPE_ALIASES)}, got {self.dtype!r}")
         self.dtype = DTYPE_ALIASES[dtype]
+        if self.quantization not in QUANTIZATION_METHODS:
+            raise ValueError(f"quantization must be one of {QUANTIZATION_METHODS}, got {self.quantization!r}")
         for name, allowed, why in (
                 ("task", TASKS, "nbllm runs generative (decoder-only) models only"),
                 ("runner", RUNNERS, "nbllm runs generative (decoder-only) models only"),

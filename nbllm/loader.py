@@ -136,12 +136,13 @@ def _gguf_files(folder: Path, quant: str) -> list[Path]:
 
 def _converted_gguf_folder(gguf_path: Path) -> Path:
     from nbllm.default_model import cache_dir
-    from nbllm.gguf_convert import convert_gguf_to_hf_folder
+    from nbllm.gguf_convert import convert_gguf_to_hf_folder, link_gguf_source
 
     stat = gguf_path.stat()
     target = cache_dir() / "gguf" / f"{gguf_path.stem}-{stat.st_size}-{int(stat.st_mtime)}"
     if not (target / "config.json").is_file():
         convert_gguf_to_hf_folder(gguf_path, target)
+    link_gguf_source(target, gguf_path)  # folders converted before the link existed get it now
     return target
 
 

@@ -23,13 +23,22 @@ def default_llm():
 
 
 @pytest.fixture(scope="module")
-def hf_model(default_llm):
+def float32_llm():
+    """The default model dequantized to float32 (the default loads its GGUF quantized: tests/test_quantized_default.py)."""
+    llm = LLM(dtype="float32")
+    yield llm
+    llm.shutdown()
+
+
+@pytest.fixture(scope="module")
+def hf_model(float32_llm):
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(str(default_llm.llm_engine.model_path), dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(str(float32_llm.llm_engine.model_path), dtype=torch.float32).eval()
 
 
-def test_greedy_tokens_and_logprobs_match_transformers(default_llm, hf_model):
+def test_greedy_tokens_and_logprobs_match_transformers(float32_llm, hf_model):
+    default_llm = float32_llm
     tokenizer = default_llm.get_tokenizer()
     chat = tokenizer.apply_chat_template([{"role": "user", "content": "Name a fruit."}], tokenize=False,
                                          add_generation_prompt=True)

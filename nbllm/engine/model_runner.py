@@ -27,6 +27,7 @@ from nbllm.layers.sampler import Sampler, SamplingRow
 from nbllm.loader import iter_weights
 from nbllm.models.registry import model_class_for
 from nbllm.outputs import Logprob
+from nbllm.quant.loading import build_quantized_model, resolve_quantization
 
 logger = logging.getLogger(__name__)
 
@@ -76,9 +77,13 @@ class ModelRunner:
         self.decode_graphs = self._capture_decode_graphs()
         generator = torch.Generator(device=device)
         generator.manual_seed(config.seed)
-        self.sampler = Sampler(generator)
+        self.sampler = Sampler(generator, config.logprobs_mode)
 
     def _load_model(self) -> nn.Module:
+        quantization = resolve_quantization(self.config.quantization, self.config.dtype, self.model_path,
+                                            self.device)
+        if quantization is not None:
+            return build_quantized_model(self.hf_config, self.model_path, quantization)
         model = build_model(self.hf_config, self.model_path, self.dtype, self.device)
         if self.device.type == "cpu" and self.dtype == torch.float32:
             prepack_linears(model)  # oneDNN's packed layout: faster small matmuls on x86 CPUs

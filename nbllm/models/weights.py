@@ -4,7 +4,9 @@ Tensors of the right dtype are adopted as parameters rather than copied. A model
 may fuse several checkpoint projections into one parameter; it declares
 `packed_modules = {"q_proj": ("qkv_proj", 0), ...}` and the fused module's
 `load_shard` places each piece. Every parameter must be loaded exactly once;
-anything missing is an error that names it.
+anything missing is an error that names it. Quantized modules
+(nbllm.layers.quantized_linear) take every piece of theirs through `load_shard`, as it
+comes (a GroupQuant or a float tensor), and check their own completeness when finalized.
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ from typing import Callable, Iterable, Optional
 import torch
 from torch import nn
 
+from nbllm.layers.quantized_linear import QuantizedModule
+
 
 def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]],
                  packed_modules: Optional[dict[str, tuple[str, int]]] = None,
                  rename: Optional[Callable[[str], Optional[str]]] = None) -> None:
     """Load (name, tensor) pairs; `rename` maps a checkpoint name to ours, or None to skip it."""
     params = dict(model.named_parameters())
+    quantized = {name: m for name, m in model.named_modules() if isinstance(m, QuantizedModule)}
     packed_modules = packed_modules or {}
     loaded: set[str] = set()
     for name, tensor in weights:
@@ -31,8 +36,16 @@ def load_weights(model: nn.Module, weights: Iterable[tuple[str, torch.Tensor]],
         if target is not None:
             module_name, param_name, shard = target
             module = model.get_submodule(module_name)
-            module.load_shard(shard, param_name, tensor.to(getattr(module, param_name).dtype))
+            if module_name in quantized:
+                module.load_shard(shard, param_name, tensor)
+            else:
+                module.load_shard(shard, param_name, tensor.to(getattr(module, param_name).dtype))
             loaded.add(f"{module_name}.{param_name}")
+            continue
+        module_name, _, leaf = name.rpartition(".")
+        if module_name in quantized:
+            quantized[module_name].load_shard(0, leaf, tensor)
+            loaded.add(name)
             continue
         param = params.get(name)
         if param is None:

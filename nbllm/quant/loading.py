@@ -1,0 +1,125 @@
+"""Build a model with quantized linear and embedding weights on the CPU.
+
+``resolve_quantization`` reads vLLM's ``quantization`` argument: None means "what the checkpoint
+is", so a GGUF file (the embedded default included) loads its quantized blocks as they are
+("gguf"), unless ``dtype="float32"`` was asked for explicitly (then today's float32 path runs);
+"int8" and "int4" quantize a float checkpoint on load (weight-only, groups of 32, each group's
+min and max). ``build_quantized_model`` instantiates the model on the meta device, swaps every
+``nn.Linear`` and the vocabulary embeddings for their quantized forms, streams the weights into
+them (GGUF blocks decoded without a float copy) and packs them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator, Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from nbllm.config import QUANTIZATION_METHODS as _CONFIG_METHODS
+from nbllm.gguf_convert import gguf_source, hf_tensors
+from nbllm.layers.packed_linear import prepack_linears
+from nbllm.layers.quantized_linear import QuantizedEmbedding, QuantizedLinear, QuantizedModule
+from nbllm.quant.groups import GROUP_SIZE, GroupQuant
+from nbllm.quant.gguf_blocks import REQUANTIZED_BITS, decode
+from nbllm.quant.int4pack import int4pack_available
+
+QUANTIZATION_METHODS = tuple(method for method in _CONFIG_METHODS if method is not None)
+_BITS = {"gguf": REQUANTIZED_BITS, "int8": 8, "int4": 4}  # for float pieces: quantized to this many bits
+
+
+def resolve_quantization(requested: Optional[str], dtype: str, model_path: Path,
+                         device: torch.device) -> Optional[str]:
+    """The quantization to load with, or None for plain weights in `dtype`.
+
+    `dtype` is the engine's dtype setting ("auto", "float32", ...), `model_path` the model folder.
+    """
+    from_gguf = gguf_source(model_path) is not None
+    if requested is None:
+        if from_gguf and device.type == "cpu" and dtype == "auto" and int4pack_available():
+            return "gguf"
+        return None
+    if requested not in QUANTIZATION_METHODS:
+        raise ValueError(f"quantization must be one of {QUANTIZATION_METHODS} or None, got {requested!r}")
+    if device.type != "cpu":
+        raise ValueError(f"quantization={requested!r} runs on CPUs only (torch's int4 CPU kernel); on "
+                         f"{device.type} leave quantization=None")
+    if dtype not in ("auto", "float32"):
+        raise ValueError(f"quantization={requested!r} computes in float32 around its bfloat16 products; "
+                         f"leave dtype='auto' (or 'float32'), got dtype={dtype!r}")
+    if requested == "gguf" and not from_gguf:
+        raise ValueError(f"quantization='gguf' needs a .gguf model; {model_path} is not one")
+    if not int4pack_available():
+        raise ValueError(f"quantization={requested!r}: this torch build has no working CPU int4 kernel "
+                         f"(aten._weight_int4pack_mm_for_cpu)")
+    return requested
+
+
+def build_quantized_model(hf_config: Any, model_path: Path, method: str) -> nn.Module:
+    """Our model class for `hf_config` on the CPU, its weights quantized by `method` (see above)."""
+    from nbllm.loader import iter_weights
+    from nbllm.models.registry import model_class_for
+
+    with torch.device("meta"):
+        model = model_class_for(hf_config)(hf_config)
+    swap_quantized_modules(model, hf_config.vocab_size, _BITS[method])
+    model = model.to(torch.float32).to_empty(device="cpu")
+    for module in model.modules():  # buffers (rotary tables) were not materialised on meta
+        if hasattr(module, "init_buffers"):
+            module.init_buffers(torch.device("cpu"))
+    weights = iter_gguf_weights(gguf_source(model_path)) if method == "gguf" else iter_weights(model_path)
+    model.load_weights(weights)
+    finalize_quantized_modules(model)
+    prepack_linears(model)  # any float linear left (none in the Llama family)
+    return model.eval()
+
+
+def swap_quantized_modules(model: nn.Module, vocab_size: int, bits: int) -> int:
+    """Replace nn.Linear and vocabulary nn.Embedding modules by empty quantized ones; returns how many.
+
+    Modules whose input width is not a multiple of 32 stay as they are.
+    """
+    swaps = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and module.in_features % GROUP_SIZE == 0:
+            out_sizes = getattr(module, "out_sizes", [module.out_features])  # FusedLinear stacks several
+            swaps.append((name, QuantizedLinear(module.in_features, out_sizes, module.bias is not None, bits)))
+        elif (isinstance(module, nn.Embedding) and module.num_embeddings == vocab_size
+              and module.embedding_dim % GROUP_SIZE == 0):
+            swaps.append((name, QuantizedEmbedding(module.num_embeddings, module.embedding_dim, bits)))
+    for name, replacement in swaps:
+        parent_name, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, leaf, replacement)
+    return len(swaps)
+
+
+def finalize_quantized_modules(model: nn.Module) -> None:
+    for name, module in model.named_modules():
+        if isinstance(module, QuantizedModule):
+            try:
+                module.finalize()
+            except ValueError as error:
+                raise ValueError(f"checkpoint is missing weights of {name}: {error}") from None
+
+
+def iter_gguf_weights(gguf_path: Path) -> Iterator[tuple[str, Union[GroupQuant, torch.Tensor]]]:
+    """(transformers name, GroupQuant or float32 tensor) for every tensor of a Llama GGUF file.
+
+    Matrices stored in a type that maps onto groups of 32 come as GroupQuant (no float copy);
+    vectors (norms) and matrices of other types come dequantized, as float32.
+    """
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    reader = GGUFReader(gguf_path)
+    for hf_name, tensor, shape, rows in hf_tensors(reader):
+        quantized = decode(tensor.data, tensor.tensor_type, shape) if len(shape) == 2 else None
+        if quantized is not None:
+            yield hf_name, quantized if rows is None else quantized.rows(torch.from_numpy(rows))
+            continue
+        values = dequantize(tensor.data, tensor.tensor_type).reshape(shape)
+        if rows is not None:
+            values = values[rows]
+        yield hf_name, torch.from_numpy(np.array(values, dtype=np.float32))
