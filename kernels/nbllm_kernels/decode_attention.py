@@ -19,6 +19,10 @@ tiles), so a short sequence beside a long one leaves some of its splits empty; t
 reduction skips those. Query head h reads kv head h // (Hq // Hkv). Scores, softmax
 and sums are float32 whatever the cache dtype (float32 caches use exact float32
 products). A sequence of length 0 (a padding entry) gets a zero output.
+
+A sliding window of W tokens limits a sequence's context to its last W tokens (the
+runs are cut over those tiles only); a soft cap c replaces each scaled score s by
+c * tanh(s / c) before the softmax.
 """
 
 import torch
@@ -26,6 +30,7 @@ import triton
 import triton.language as tl
 
 from nbllm_kernels._checks import check_index, check_kv_cache, check_query, check_same_device
+from nbllm_kernels._math import soft_cap
 
 LOG2_E = 1.4426950408889634
 # Automatic split choice: a split below this many tokens costs more to merge than it saves.
@@ -45,6 +50,8 @@ def _decode_split_kernel(
     partial_out_ptr,  # [B, Hq, num_splits, D] float32, contiguous
     partial_lse_ptr,  # [B, Hq, num_splits] float32 (base 2), contiguous
     qk_scale,  # softmax scale * log2(e): the kernel works in base 2
+    sliding_window,  # tokens of context each query sees; 0: all of them
+    cap,  # soft cap * log2(e), read when SOFT_CAP
     stride_qb, stride_qh, stride_qd,
     stride_cb, stride_cs, stride_ch, stride_cd,
     stride_table_b, stride_table_i,
@@ -52,6 +59,7 @@ def _decode_split_kernel(
     num_splits,
     head_dim,
     group_size,  # Hq // Hkv
+    SOFT_CAP: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
     BLOCK_G: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -63,12 +71,14 @@ def _decode_split_kernel(
     split = tl.program_id(2)
 
     seq_len = tl.load(seq_lens_ptr + seq)
-    num_tiles = tl.cdiv(seq_len, BLOCK_N)
+    kv_start = tl.where(sliding_window > 0, tl.maximum(seq_len - sliding_window, 0), 0)
+    window_tile = kv_start // BLOCK_N  # tiles before it hold no visible token
+    num_tiles = tl.cdiv(seq_len, BLOCK_N) - window_tile
     tiles_per_split = tl.cdiv(num_tiles, num_splits)
-    first_tile = split * tiles_per_split
-    if first_tile >= num_tiles:
+    if split * tiles_per_split >= num_tiles:
         return
-    end_tile = tl.minimum(first_tile + tiles_per_split, num_tiles)
+    first_tile = window_tile + split * tiles_per_split
+    end_tile = tl.minimum(first_tile + tiles_per_split, window_tile + num_tiles)
     num_seq_blocks = tl.cdiv(seq_len, BLOCK_SIZE)
 
     groups = tl.arange(0, BLOCK_G)
@@ -88,7 +98,7 @@ def _decode_split_kernel(
     tokens = tl.arange(0, BLOCK_N)
     for tile in range(first_tile, end_tile):
         positions = tile * BLOCK_N + tokens  # [BLOCK_N]
-        token_mask = positions < seq_len
+        token_mask = (positions < seq_len) & (positions >= kv_start)
         logical_blocks = positions // BLOCK_SIZE
         blocks = tl.load(
             block_tables_ptr + seq * stride_table_b + logical_blocks * stride_table_i,
@@ -99,6 +109,8 @@ def _decode_split_kernel(
         tile_mask = token_mask[:, None] & dim_mask[None, :]
         k = tl.load(key_cache_ptr + offsets, mask=tile_mask, other=0.0)
         scores = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_G, BLOCK_N]
+        if SOFT_CAP:
+            scores = soft_cap(scores, cap)
         scores = tl.where(token_mask[None, :], scores, float("-inf"))
 
         m_new = tl.maximum(m_i, tl.max(scores, axis=1))
@@ -121,6 +133,7 @@ def _decode_reduce_kernel(
     partial_lse_ptr,  # [B, Hq, num_splits] float32 (base 2), contiguous
     seq_lens_ptr,  # [B] int32
     out_ptr,  # [B, Hq, D]
+    sliding_window,  # as in _decode_split_kernel: the runs are cut the same way
     stride_ob, stride_oh, stride_od,
     num_heads,
     num_splits,
@@ -133,7 +146,8 @@ def _decode_reduce_kernel(
     head = tl.program_id(1)
 
     seq_len = tl.load(seq_lens_ptr + seq)
-    num_tiles = tl.cdiv(seq_len, BLOCK_N)
+    kv_start = tl.where(sliding_window > 0, tl.maximum(seq_len - sliding_window, 0), 0)
+    num_tiles = tl.cdiv(seq_len, BLOCK_N) - kv_start // BLOCK_N
     tiles_per_split = tl.maximum(tl.cdiv(num_tiles, num_splits), 1)
     used_splits = tl.cdiv(num_tiles, tiles_per_split)
 
@@ -177,8 +191,13 @@ def paged_decode_attention(
     block_n: int = BLOCK_N,
     num_warps: int = 4,
     num_stages: int = 2,
+    sliding_window: int | None = None,
+    soft_cap: float | None = None,
 ) -> torch.Tensor:  # [B, Hq, D]
     """Each sequence's single query attends to all of its ``seq_lens[b]`` cached tokens.
+
+    ``sliding_window=W`` narrows that to the last W of them; ``soft_cap=c`` passes each
+    scaled score s through c * tanh(s / c) first.
 
     ``num_splits=None`` picks the split count from the longest context, which reads
     ``seq_lens`` back to the host; pass it explicitly to avoid that synchronization
@@ -199,6 +218,10 @@ def paged_decode_attention(
         raise ValueError(f"num_splits must be at least 1, got {num_splits}")
     if block_n < MIN_DOT or block_n & (block_n - 1):
         raise ValueError(f"block_n must be a power of two >= {MIN_DOT}, got {block_n}")
+    if sliding_window is not None and sliding_window < 1:
+        raise ValueError(f"sliding_window must be at least 1, got {sliding_window}")
+    if soft_cap is not None and not soft_cap > 0:
+        raise ValueError(f"soft_cap must be positive, got {soft_cap}")
 
     out = torch.empty((batch, num_heads, head_dim), dtype=q.dtype, device=q.device)
     if batch == 0:
@@ -213,9 +236,10 @@ def paged_decode_attention(
 
     _decode_split_kernel[(batch, num_kv_heads, num_splits)](
         q, key_cache, value_cache, block_tables, seq_lens, partial_out, partial_lse,
-        scale * LOG2_E,
+        scale * LOG2_E, sliding_window or 0, (soft_cap or 0.0) * LOG2_E,
         *q.stride(), *key_cache.stride(), *block_tables.stride(),
         num_heads, num_splits, head_dim, group_size,
+        SOFT_CAP=soft_cap is not None,
         BLOCK_SIZE=block_size,
         BLOCK_G=max(MIN_DOT, triton.next_power_of_2(group_size)),
         BLOCK_N=block_n,
@@ -225,7 +249,7 @@ def paged_decode_attention(
         num_stages=num_stages,
     )
     _decode_reduce_kernel[(batch, num_heads)](
-        partial_out, partial_lse, seq_lens, out,
+        partial_out, partial_lse, seq_lens, out, sliding_window or 0,
         *out.stride(),
         num_heads, num_splits, head_dim,
         BLOCK_N=block_n,

@@ -10,7 +10,9 @@ Grid (query tile, sequence, query head). A program holds BLOCK_M queries and wal
 the context in BLOCK_N-token tiles up to its last query's position, finding each
 token's cache slot through the block table (so BLOCK_N is free of block_size),
 with an online softmax in float32 (base 2). Query head h reads kv head
-h // (Hq // Hkv): MHA, GQA and MQA alike.
+h // (Hq // Hkv): MHA, GQA and MQA alike. A sliding window of W tokens hides keys
+more than W - 1 positions behind a query (the walk starts at the tile's first
+visible key); a soft cap c replaces each scaled score s by c * tanh(s / c).
 """
 
 import torch
@@ -18,6 +20,7 @@ import triton
 import triton.language as tl
 
 from nbllm_kernels._checks import check_index, check_kv_cache, check_query, check_same_device
+from nbllm_kernels._math import soft_cap
 
 LOG2_E = 1.4426950408889634
 BLOCK_N = 32
@@ -35,12 +38,15 @@ def _prefill_kernel(
     seq_lens_ptr,  # [B] int32
     out_ptr,  # [T, Hq, D]
     qk_scale,  # softmax scale * log2(e)
+    sliding_window,  # tokens of context each query sees; 0: all of them
+    cap,  # soft cap * log2(e), read when SOFT_CAP
     stride_qt, stride_qh, stride_qd,
     stride_cb, stride_cs, stride_ch, stride_cd,
     stride_table_b, stride_table_i,
     stride_ot, stride_oh, stride_od,
     head_dim,
     group_size,  # Hq // Hkv
+    SOFT_CAP: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -72,11 +78,12 @@ def _prefill_kernel(
 
     # Causality: no query of this tile sees past the tile's last position.
     kv_end = tl.minimum(seq_len, num_cached_before + (tile + 1) * BLOCK_M)
-    # Key 0 is visible to every row, so m_i is finite after the first tile.
+    # Nor before the first position its first query's window reaches.
+    kv_first = tl.where(sliding_window > 0, tl.maximum(num_cached_before + tile * BLOCK_M - sliding_window + 1, 0), 0)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for kv_start in range(0, kv_end, BLOCK_N):
+    for kv_start in range(kv_first // BLOCK_N * BLOCK_N, kv_end, BLOCK_N):
         cols = kv_start + tl.arange(0, BLOCK_N)  # context positions
         col_mask = cols < kv_end
         blocks = tl.load(
@@ -91,12 +98,18 @@ def _prefill_kernel(
             other=0.0,
         )  # [BLOCK_D, BLOCK_N]
         scores = tl.dot(q, k, input_precision=DOT_PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
+        if SOFT_CAP:
+            scores = soft_cap(scores, cap)
         visible = (cols[None, :] <= positions[:, None]) & col_mask[None, :]
+        visible = visible & ((sliding_window == 0) | (cols[None, :] > positions[:, None] - sliding_window))
         scores = tl.where(visible, scores, float("-inf"))
 
+        # A row may see nothing in this tile (its window starts later): keep its max at -inf
+        # and let exp2 give zeros rather than -inf - -inf.
         m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(scores - m_new[:, None])  # [BLOCK_M, BLOCK_N]
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(scores - m_safe[:, None])  # [BLOCK_M, BLOCK_N]
         v = tl.load(
             value_cache_ptr + slots[:, None] + dims[None, :] * stride_cd,
             mask=col_mask[:, None] & dim_mask[None, :],
@@ -106,7 +119,7 @@ def _prefill_kernel(
         l_i = l_i * alpha + tl.sum(p, axis=1)
         m_i = m_new
 
-    out = acc / l_i[:, None]
+    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # padding rows past q_len may see no key at all
     tl.store(
         out_ptr + (q_start + rows)[:, None] * stride_ot + head * stride_oh + dims[None, :] * stride_od,
         out.to(out_ptr.dtype.element_ty),
@@ -123,8 +136,13 @@ def paged_prefill_attention(
     seq_lens: torch.Tensor,  # [B] int32
     scale: float,
     max_query_len: int | None = None,
+    sliding_window: int | None = None,
+    soft_cap: float | None = None,
 ) -> torch.Tensor:  # [T, Hq, D]
     """Causal attention of each sequence's new tokens over its whole cached context.
+
+    ``sliding_window=W`` lets a query at position p see keys p - W + 1 .. p only;
+    ``soft_cap=c`` passes each scaled score s through c * tanh(s / c) first.
 
     ``max_query_len=None`` reads ``query_start_loc`` back to the host to size the
     grid; pass the longest q_len (the scheduler knows it) to avoid that.
@@ -148,6 +166,10 @@ def paged_prefill_attention(
         max_query_len = int((query_start_loc[1:] - query_start_loc[:-1]).max()) if batch else 0
     if max_query_len < 0:
         raise ValueError(f"max_query_len must not be negative, got {max_query_len}")
+    if sliding_window is not None and sliding_window < 1:
+        raise ValueError(f"sliding_window must be at least 1, got {sliding_window}")
+    if soft_cap is not None and not soft_cap > 0:
+        raise ValueError(f"soft_cap must be positive, got {soft_cap}")
 
     out = torch.empty((num_tokens, num_heads, head_dim), dtype=q.dtype, device=q.device)
     if num_tokens == 0 or max_query_len == 0:
@@ -157,9 +179,10 @@ def paged_prefill_attention(
     grid = (triton.cdiv(max_query_len, block_m), batch, num_heads)
     _prefill_kernel[grid](
         q, key_cache, value_cache, block_tables, query_start_loc, seq_lens, out,
-        scale * LOG2_E,
+        scale * LOG2_E, sliding_window or 0, (soft_cap or 0.0) * LOG2_E,
         *q.stride(), *key_cache.stride(), *block_tables.stride(), *out.stride(),
         head_dim, num_heads // num_kv_heads,
+        SOFT_CAP=soft_cap is not None,
         BLOCK_SIZE=block_size,
         BLOCK_M=block_m,
         BLOCK_N=BLOCK_N,

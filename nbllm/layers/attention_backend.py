@@ -15,7 +15,7 @@ imports no backend.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Optional, Protocol
 
 import torch
 
@@ -51,5 +51,10 @@ class AttentionBackend(Protocol):
         """Build whatever per-step tensors forward() needs, once for all layers."""
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: KVCache,
-                meta: AttentionMetadata, scale: float) -> torch.Tensor:
-        """Store k/v ([T, Hkv, D]) in the cache, then attend q ([T, Hq, D]) -> [T, Hq, D]."""
+                meta: AttentionMetadata, scale: float, sliding_window: Optional[int] = None,
+                logits_soft_cap: Optional[float] = None) -> torch.Tensor:
+        """Store k/v ([T, Hkv, D]) in the cache, then attend q ([T, Hq, D]) -> [T, Hq, D].
+
+        sliding_window W: a query at position p sees keys at positions p - W + 1 .. p only.
+        logits_soft_cap c: each scaled score s becomes c * tanh(s / c) before the softmax.
+        """

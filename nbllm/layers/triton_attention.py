@@ -10,6 +10,8 @@ backend does.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 import nbllm_kernels
@@ -43,7 +45,8 @@ class TritonAttentionBackend:
         meta.extras["num_splits"] = self._choose_num_splits(max_seq_len)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: KVCache,
-                meta: AttentionMetadata, scale: float) -> torch.Tensor:
+                meta: AttentionMetadata, scale: float, sliding_window: Optional[int] = None,
+                logits_soft_cap: Optional[float] = None) -> torch.Tensor:
         key_cache, value_cache = kv_cache
         self._store_kv_cache(k, v, key_cache, value_cache, meta.slot_mapping)
         nd = meta.num_decodes
@@ -51,9 +54,10 @@ class TritonAttentionBackend:
         if nd:
             parts.append(self._decode_attention(
                 q[:nd], key_cache, value_cache, meta.block_tables[:nd], meta.seq_lens[:nd], scale,
-                num_splits=meta.extras["num_splits"]))
+                num_splits=meta.extras["num_splits"], sliding_window=sliding_window, soft_cap=logits_soft_cap))
         if nd < meta.num_seqs:
             parts.append(self._prefill_attention(
                 q[nd:], key_cache, value_cache, meta.block_tables[nd:], meta.extras["prefill_query_start_loc"],
-                meta.seq_lens[nd:], scale, max_query_len=meta.extras["max_query_len"]))
+                meta.seq_lens[nd:], scale, max_query_len=meta.extras["max_query_len"],
+                sliding_window=sliding_window, soft_cap=logits_soft_cap))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)

@@ -100,6 +100,7 @@ def _torch_backend_attention(
     seq_lens: list[int],
     scale: float,
     num_decodes: int,
+    **options,  # sliding_window, logits_soft_cap
 ) -> torch.Tensor:  # [T, Hq, D] in q's dtype
     """One step of TorchAttentionBackend on float32 copies of the inputs.
 
@@ -130,7 +131,7 @@ def _torch_backend_attention(
     backend.prepare(meta)
     keys = kv_cache[0].view(-1, num_kv_heads, head_dim)[slot_mapping]
     values = kv_cache[1].view(-1, num_kv_heads, head_dim)[slot_mapping]
-    return backend.forward(q.float(), keys, values, kv_cache, meta, scale).to(q.dtype)
+    return backend.forward(q.float(), keys, values, kv_cache, meta, scale, **options).to(q.dtype)
 
 
 def reference_decode(
@@ -140,6 +141,7 @@ def reference_decode(
     block_tables: torch.Tensor,
     seq_lens: torch.Tensor,
     scale: float,
+    **options,  # sliding_window, logits_soft_cap
 ) -> torch.Tensor:
     """What paged_decode_attention must return, for the same arguments: the backend's decodes.
 
@@ -153,7 +155,7 @@ def reference_decode(
         rows = torch.tensor(live, dtype=torch.long, device=q.device)
         out[rows] = _torch_backend_attention(
             q[rows], key_cache, value_cache, block_tables[rows], [1] * len(live), [lens[b] for b in live],
-            scale, num_decodes=len(live),
+            scale, num_decodes=len(live), **options,
         )
     return out
 
@@ -166,6 +168,7 @@ def reference_prefill(
     starts: torch.Tensor,  # query_start_loc
     seq_lens: torch.Tensor,
     scale: float,
+    **options,  # sliding_window, logits_soft_cap
 ) -> torch.Tensor:
     """What paged_prefill_attention must return, for the same arguments: the backend's prefills.
 
@@ -176,5 +179,5 @@ def reference_prefill(
     live = [b for b, q_len in enumerate(query_lens) if q_len > 0]
     return _torch_backend_attention(
         q, key_cache, value_cache, block_tables[torch.tensor(live, dtype=torch.long, device=q.device)],
-        [query_lens[b] for b in live], [lens[b] for b in live], scale, num_decodes=0,
+        [query_lens[b] for b in live], [lens[b] for b in live], scale, num_decodes=0, **options,
     )
