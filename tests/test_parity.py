@@ -2,9 +2,10 @@
 
 Every supported architecture, and the config variants that take different code
 paths (GQA/MQA, tied embeddings, biases, rope scaling, OPT's layouts, KV block
-sizes), must give the same greedy tokens as transformers and per-token logprobs
-within 1e-4 in float32. nbllm runs the prompts as one batch over its paged cache;
-transformers runs them one at a time.
+sizes, sliding windows shorter than the prompts, soft-capped scores and logits,
+QK-norm, NoPE layers, LongRoPE), must give the same greedy tokens as transformers
+and per-token logprobs within 1e-4 in float32. nbllm runs the prompts as one batch
+over its paged cache; transformers runs them one at a time.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class Case:
     arch: str
     overrides: dict = field(default_factory=dict)  # config fields for make_tiny_model
     engine: dict = field(default_factory=dict)  # extra LLM(...) arguments
+    prompts: tuple[str, ...] = tuple(PROMPTS)
 
 
 CASES = [
@@ -59,6 +61,29 @@ CASES = [
     Case("gpt2-inverse-layer-scale", "GPT2LMHeadModel", dict(scale_attn_by_inverse_layer_idx=True)),
     Case("opt-post-layernorm", "OPTForCausalLM", dict(do_layer_norm_before=False)),
     Case("opt-project-in-out", "OPTForCausalLM", dict(word_embed_proj_dim=32)),
+    Case("mistral-sliding-window", "MistralForCausalLM", dict(sliding_window=12)),
+    Case("qwen2-sliding-window", "Qwen2ForCausalLM",  # layer 0 full, layer 1 windowed
+         dict(use_sliding_window=True, sliding_window=12, max_window_layers=1)),
+    # Gemma 2: windows of 8 on layer 0, attention scores capped at 4 and logits at 3 (both often exceed them)
+    Case("gemma2", "Gemma2ForCausalLM"),
+    Case("gemma2-chunked-prefill", "Gemma2ForCausalLM",  # windows across chunks and cached blocks
+         engine=dict(max_num_batched_tokens=12, block_size=8)),
+    # the Triton kernels (through the interpreter on CPU): windows of 40 across their 32- and 64-token tiles
+    Case("gemma2-triton", "Gemma2ForCausalLM", dict(sliding_window=40),
+         engine=dict(attention_backend="triton", max_num_batched_tokens=24, block_size=8)),
+    Case("gemma3", "Gemma3ForCausalLM"),  # QK-norm; rope base 1e4 on the windowed layer, 1e6 on the global one
+    Case("gemma3-rope-linear", "Gemma3ForCausalLM", dict(rope_scaling=dict(rope_type="linear", factor=8.0))),
+    Case("phi3", "Phi3ForCausalLM"),  # fused qkv/gate_up in the checkpoint; a window of 24 on every layer
+    Case("phi3-longrope-short", "Phi3ForCausalLM",  # the table stays within the original context: short factors
+         dict(rope_scaling=dict(rope_type="longrope", factor=4.0, short_factor=[1.0 + i / 8 for i in range(8)],
+                                long_factor=[4.0] * 8))),
+    # past an original context of 16 tokens: long factors for every position, as transformers for these prompts
+    Case("phi3-longrope-long-partial-rotary", "Phi3ForCausalLM",
+         dict(original_max_position_embeddings=16, partial_rotary_factor=0.5,
+              rope_scaling=dict(rope_type="longrope", short_factor=[9.0] * 4, long_factor=[1.0, 1.5, 3.0, 6.0])),
+         prompts=(CORPUS[1], CORPUS[3], CORPUS[4], " ".join(CORPUS[:2]))),
+    Case("smollm3", "SmolLM3ForCausalLM"),  # NoPE on layers 1 and 3
+    Case("smollm3-sliding-window", "SmolLM3ForCausalLM", dict(use_sliding_window=True, sliding_window=8)),
 ]
 
 
@@ -104,7 +129,7 @@ def parity(request, tmp_path_factory):
     case = request.param
     folder = make_tiny_model(case.arch, tmp_path_factory.mktemp(case.name), **case.overrides)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    prompt_ids = [tokenizer.encode(prompt) for prompt in PROMPTS]
+    prompt_ids = [tokenizer.encode(prompt) for prompt in case.prompts]
     ours = _generate_nbllm(folder, prompt_ids, case.engine)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     reference = [_generate_hf(model, ids) for ids in prompt_ids]

@@ -1,6 +1,7 @@
 """Rotary position embeddings (neox/"rotate half" layout, as Hugging Face's Llama family).
 
-Supports the rope types these families ship: default, linear, llama3 and yarn. cos
+Supports the rope types these families ship: default, linear, llama3, yarn and
+longrope (Phi-3). cos
 and sin are computed once for every position up to the model's length and indexed
 by each token's position, so a step costs one gather.
 """
@@ -13,7 +14,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn", "longrope")
 
 
 def rope_parameters(config: Any) -> dict:
@@ -25,7 +26,31 @@ def rope_parameters(config: Any) -> dict:
     if "rope_theta" not in params:
         params["rope_theta"] = getattr(config, "rope_theta", 10000.0)
     params["rope_type"] = params.get("rope_type") or params.get("type") or "default"
+    if params["rope_type"] == "longrope":
+        params.setdefault("original_max_position_embeddings", getattr(config, "original_max_position_embeddings", None))
+        if not params.get("factor"):  # as transformers: the ratio of the extended to the original context
+            params["factor"] = config.max_position_embeddings / params["original_max_position_embeddings"]
     return params
+
+
+def _longrope_inv_freq(exponents: torch.Tensor, base: float, params: dict,
+                       max_position: int) -> tuple[torch.Tensor, float]:
+    """Phi-3's LongRoPE: a factor per frequency, the long set when positions reach past the original context.
+
+    The set is chosen once for the whole table, as vLLM does (long factors when the engine's
+    positions extend beyond original_max_position_embeddings), so a cached token's rotation
+    never depends on how long its sequence has grown. transformers chooses per forward call
+    instead; both agree whenever every call's sequence is longer than the original context,
+    or the table does not extend beyond it.
+    """
+    original = params["original_max_position_embeddings"]
+    factors = params["long_factor"] if max_position > original else params["short_factor"]
+    attention_factor = params.get("attention_factor")
+    if attention_factor is None:
+        factor = params["factor"]
+        attention_factor = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+    ext_factors = torch.tensor(factors, dtype=torch.float32, device=exponents.device)
+    return 1.0 / (ext_factors * base ** exponents), float(attention_factor)
 
 
 def _yarn_inv_freq(inv_freq_base: torch.Tensor, dim: int, base: float, params: dict,
@@ -104,6 +129,8 @@ class RotaryEmbedding(nn.Module):
             inv_freq = _llama3_inv_freq(inv_freq, params)
         elif rope_type == "yarn":
             inv_freq, scale = _yarn_inv_freq(inv_freq, self.rotary_dim, base, params, self.max_position)
+        elif rope_type == "longrope":
+            inv_freq, scale = _longrope_inv_freq(exponents / self.rotary_dim, base, params, self.max_position)
         positions = torch.arange(self.max_position, dtype=torch.float32, device=device)
         freqs = torch.outer(positions, inv_freq)  # [P, rot/2]
         emb = torch.cat((freqs, freqs), dim=-1)  # [P, rot]

@@ -1,8 +1,10 @@
-"""The Llama family on the paged KV cache: Llama (SmolLM, TinyLlama), Mistral, Qwen2 and Qwen3.
+"""The Llama family on the paged KV cache: Llama (SmolLM, TinyLlama), Mistral, Qwen2, Qwen3, Phi-3 and SmolLM3.
 
 They differ only in details read from the config: biases on q/k/v (Qwen2),
 per-head RMSNorm of q and k (Qwen3), GQA/MQA head counts, rope scaling and tied
-embeddings. Tokens arrive packed as [T]; nothing here knows about requests.
+embeddings, sliding-window layers (Mistral, Phi-3, Qwen2/3 with use_sliding_window)
+and layers without rotary embeddings (SmolLM3's NoPE layers). Tokens arrive packed
+as [T]; nothing here knows about requests.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from nbllm.layers.attention import Attention, AttentionMetadata, KVCache
 from nbllm.layers.linear import FusedLinear
 from nbllm.layers.norm import RMSNorm
 from nbllm.layers.rotary import RotaryEmbedding, build_rotary
+from nbllm.models.layer_types import sliding_window_for
 from nbllm.models.weights import load_weights
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, config: Any, biases: tuple[bool, bool], qk_norm: bool):
+    def __init__(self, config: Any, biases: tuple[bool, bool], qk_norm: bool, layer_idx: int, use_rope: bool):
         super().__init__()
         qkv_bias, o_bias = biases
         self.num_heads = config.num_attention_heads
@@ -33,7 +36,9 @@ class LlamaAttention(nn.Module):
         self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=o_bias)
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps) if qk_norm else None
-        self.attn = Attention(self.num_heads, self.head_dim, self.num_kv_heads, self.head_dim ** -0.5)
+        self.use_rope = use_rope
+        self.attn = Attention(self.num_heads, self.head_dim, self.num_kv_heads, self.head_dim ** -0.5,
+                              sliding_window=sliding_window_for(config, layer_idx))
 
     def forward(self, hidden: torch.Tensor, rotary: RotaryEmbedding, rope: tuple[torch.Tensor, torch.Tensor],
                 kv_cache: KVCache, meta: AttentionMetadata) -> torch.Tensor:
@@ -44,7 +49,8 @@ class LlamaAttention(nn.Module):
         v = qkv[:, self.q_size + self.kv_size:].view(t, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             qk = torch.cat((self.q_norm(qk[:, :self.num_heads]), self.k_norm(qk[:, self.num_heads:])), dim=1)
-        qk = rotary.rotate(qk, rope)  # q and k rotated in one pass
+        if self.use_rope:
+            qk = rotary.rotate(qk, rope)  # q and k rotated in one pass
         out = self.attn(qk[:, :self.num_heads], qk[:, self.num_heads:], v, kv_cache, meta)
         return self.o_proj(out)
 
@@ -64,10 +70,10 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config: Any, biases: tuple[bool, bool], qk_norm: bool):
+    def __init__(self, config: Any, biases: tuple[bool, bool], qk_norm: bool, layer_idx: int, use_rope: bool):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = LlamaAttention(config, biases, qk_norm)
+        self.self_attn = LlamaAttention(config, biases, qk_norm, layer_idx, use_rope)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = LlamaMLP(config)
 
@@ -78,11 +84,11 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, config: Any, biases: tuple[bool, bool], qk_norm: bool):
+    def __init__(self, config: Any, biases: tuple[bool, bool], qk_norm: bool, rope_layers: list[bool]):
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(
-            [LlamaDecoderLayer(config, biases, qk_norm) for _ in range(config.num_hidden_layers)])
+        self.layers = nn.ModuleList([LlamaDecoderLayer(config, biases, qk_norm, i, rope_layers[i])
+                                     for i in range(config.num_hidden_layers)])
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary = build_rotary(config, self.layers[0].self_attn.head_dim)
 
@@ -105,7 +111,7 @@ class LlamaForCausalLM(nn.Module):
     def __init__(self, config: Any):
         super().__init__()
         self.config = config
-        self.model = LlamaModel(config, self.attention_biases(config), self.qk_norm)
+        self.model = LlamaModel(config, self.attention_biases(config), self.qk_norm, self.rope_layers(config))
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.tie_weights()
 
@@ -119,6 +125,11 @@ class LlamaForCausalLM(nn.Module):
         """(bias on q/k/v, bias on o_proj) as Hugging Face builds them."""
         bias = bool(getattr(config, "attention_bias", False))
         return bias, bias
+
+    @staticmethod
+    def rope_layers(config: Any) -> list[bool]:
+        """Whether each layer rotates q and k; every layer does, except SmolLM3's NoPE layers."""
+        return [True] * config.num_hidden_layers
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache],
                 meta: AttentionMetadata) -> torch.Tensor:
@@ -144,3 +155,16 @@ class Qwen2ForCausalLM(LlamaForCausalLM):
 
 class Qwen3ForCausalLM(LlamaForCausalLM):
     qk_norm = True
+
+
+class Phi3ForCausalLM(LlamaForCausalLM):
+    """Phi-3 and Phi-4-mini: checkpoints store q/k/v and gate/up already fused under our names
+    (qkv_proj, gate_up_proj, same row order), so they load as they are. Its config's
+    sliding_window covers every layer; LongRoPE lives in nbllm.layers.rotary."""
+
+
+class SmolLM3ForCausalLM(LlamaForCausalLM):
+    @staticmethod
+    def rope_layers(config: Any) -> list[bool]:
+        """no_rope_layers[i] is 1 where layer i uses RoPE (transformers derives it from no_rope_layer_interval)."""
+        return [bool(flag) for flag in config.no_rope_layers[:config.num_hidden_layers]]

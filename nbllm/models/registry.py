@@ -15,6 +15,10 @@ _MODELS: dict[str, tuple[str, str]] = {
     "MistralForCausalLM": ("nbllm.models.llama", "MistralForCausalLM"),
     "Qwen2ForCausalLM": ("nbllm.models.llama", "Qwen2ForCausalLM"),
     "Qwen3ForCausalLM": ("nbllm.models.llama", "Qwen3ForCausalLM"),
+    "Phi3ForCausalLM": ("nbllm.models.llama", "Phi3ForCausalLM"),
+    "SmolLM3ForCausalLM": ("nbllm.models.llama", "SmolLM3ForCausalLM"),
+    "Gemma2ForCausalLM": ("nbllm.models.gemma", "Gemma2ForCausalLM"),
+    "Gemma3ForCausalLM": ("nbllm.models.gemma", "Gemma3ForCausalLM"),
     "GPT2LMHeadModel": ("nbllm.models.gpt2", "GPT2LMHeadModel"),
     "OPTForCausalLM": ("nbllm.models.opt", "OPTForCausalLM"),
 }
