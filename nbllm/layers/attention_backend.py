@@ -46,6 +46,7 @@ class AttentionBackend(Protocol):
     """Stores a layer's new keys and values in its cache and attends over the cached context."""
 
     name: str
+    supports_cuda_graphs: bool  # True: prepare_static_decode exists and decode steps may be captured
 
     def prepare(self, meta: AttentionMetadata) -> None:
         """Build whatever per-step tensors forward() needs, once for all layers."""

@@ -25,6 +25,7 @@ class TorchAttentionBackend:
     """
 
     name = "torch"
+    supports_cuda_graphs = False
 
     def prepare(self, meta: AttentionMetadata) -> None:
         device = meta.slot_mapping.device

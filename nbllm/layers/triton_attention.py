@@ -20,6 +20,7 @@ from nbllm.layers.attention_backend import AttentionMetadata, KVCache
 
 class TritonAttentionBackend:
     name = "triton"
+    supports_cuda_graphs = True
 
     def __init__(self) -> None:
         # Resolving the kernels imports Triton: here, so that the PyTorch path never needs it.
