@@ -25,7 +25,8 @@ if TYPE_CHECKING:  # for type checkers and the API reference; at run time __geta
     from nbllm.outputs import (BeamSearchOutput, BeamSearchSequence, CompletionOutput, Logprob, RequestMetrics,
                                RequestOutput)
     from nbllm.protocol import EngineCapabilities, EngineClient
-    from nbllm.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams
+    from nbllm.sampling_params import (BeamSearchParams, GuidedDecodingParams, RequestOutputKind, SamplingParams,
+                                       StructuredOutputsParams)
     from nbllm.streams import RequestStream
 
 __version__ = "0.1.0"
@@ -39,7 +40,8 @@ _EXPORTS = {
     "EngineConfig": "nbllm.config",
     "load_chat_template": "nbllm.chat_utils",
     "SamplingParams": "nbllm.sampling_params", "BeamSearchParams": "nbllm.sampling_params",
-    "RequestOutputKind": "nbllm.sampling_params",
+    "RequestOutputKind": "nbllm.sampling_params", "StructuredOutputsParams": "nbllm.sampling_params",
+    "GuidedDecodingParams": "nbllm.sampling_params",
     "RequestOutput": "nbllm.outputs", "CompletionOutput": "nbllm.outputs", "Logprob": "nbllm.outputs",
     "RequestMetrics": "nbllm.outputs", "BeamSearchOutput": "nbllm.outputs", "BeamSearchSequence": "nbllm.outputs",
     "MetricsSnapshot": "nbllm.metrics",

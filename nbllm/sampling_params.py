@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Optional, Union
 
+from nbllm.structured_outputs import GuidedDecodingParams, StructuredOutputsParams
+
 _SAMPLING_EPS = 1e-5
 
 
@@ -71,6 +73,8 @@ class SamplingParams:
     `(prompt_ids, output_ids, logits) -> logits`, applied to each row's float32 logits
     before penalties and sampling. extra_args is carried along for the caller's use;
     flat_logprobs is accepted for vLLM compatibility (logprobs are a list of dicts either way).
+    structured_outputs constrains the output to a JSON schema, regex, choice or grammar
+    (guided_decoding, its older name, is moved there).
     """
 
     n: int = 1
@@ -100,6 +104,8 @@ class SamplingParams:
     extra_args: Optional[dict[str, Any]] = None
     flat_logprobs: bool = False
     output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
+    structured_outputs: Optional[StructuredOutputsParams] = None
+    guided_decoding: Optional[GuidedDecodingParams] = None
 
     def __post_init__(self) -> None:
         self.stop = _as_str_list("stop", self.stop)
@@ -122,7 +128,17 @@ class SamplingParams:
             self.logits_processors = list(self.logits_processors)
         if self.extra_args is not None and not isinstance(self.extra_args, dict):
             raise TypeError(f"extra_args must be a dict, got {type(self.extra_args).__name__}")
+        self._take_structured_outputs()
         self._validate()
+
+    def _take_structured_outputs(self) -> None:
+        if self.guided_decoding is not None:
+            if self.structured_outputs is not None:
+                raise ValueError("give structured_outputs or guided_decoding (its older name), not both")
+            self.structured_outputs, self.guided_decoding = self.guided_decoding, None
+        if self.structured_outputs is not None and not isinstance(self.structured_outputs, StructuredOutputsParams):
+            raise TypeError(f"structured_outputs must be StructuredOutputsParams, got "
+                            f"{type(self.structured_outputs).__name__}: {self.structured_outputs!r}")
 
     # ------------------------------------------------------------------ validation
     def _validate(self) -> None:
@@ -241,4 +257,5 @@ class BeamSearchParams:
 
 SAMPLING_PARAM_NAMES = tuple(f.name for f in fields(SamplingParams))
 
-__all__ = ["SamplingParams", "BeamSearchParams", "RequestOutputKind", "SAMPLING_PARAM_NAMES"]
+__all__ = ["SamplingParams", "BeamSearchParams", "RequestOutputKind", "StructuredOutputsParams",
+           "GuidedDecodingParams", "SAMPLING_PARAM_NAMES"]
