@@ -9,13 +9,14 @@ so tests drive it with a fake model and no weights.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence, Union
+from typing import Any, Optional, Protocol, Sequence, Union
 
 import torch
 
 from nbllm.config import EngineConfig
 from nbllm.engine.beam_search import BeamGroup, candidates_from_result
 from nbllm.engine.block_manager import BlockManager
+from nbllm.engine.grammar import SequenceGrammar
 from nbllm.engine.input_processor import NewBeamSearch, NewRequest
 from nbllm.engine.output_processor import OutputProcessor, UserRequest
 from nbllm.engine.scheduler import Scheduler, SchedulerOutput
@@ -36,7 +37,14 @@ class ModelExecutor(Protocol):
     vocab_size: int
     num_blocks: int
 
+    @property
+    def is_sleeping(self) -> bool: ...
+
     def execute(self, out: SchedulerOutput, rows: dict[str, SamplingRow]) -> dict[str, StepResult]: ...
+
+    def sleep(self, level: int) -> None: ...
+
+    def wake_up(self, tags: Optional[list[str]]) -> None: ...
 
     def release(self) -> None: ...
 
@@ -70,6 +78,8 @@ class EngineCore:
                             eos_token_ids=self.eos_token_ids, prompt=new.prompt, parent_id=new.request_id,
                             index=index, generator=self._generator(params, index))
             child.bad_words_token_ids = new.bad_words_token_ids
+            if new.grammar is not None:  # each sequence its own matcher; stop ids end the grammar
+                child.grammar = SequenceGrammar(new.grammar, sorted(self.eos_token_ids | set(params.stop_token_ids)))
             children.append(child)
         self.output_processor.add_request(UserRequest(new.request_id, new.prompt, new.prompt_token_ids, params,
                                                       children))
@@ -233,9 +243,29 @@ class EngineCore:
         if not request.is_finished:
             self.scheduler.finish_request(request, RequestStatus.FINISHED_ABORTED)
 
-    # ----------------------------------------------------------------- introspection
+    # ----------------------------------------------------------------- memory
     def reset_prefix_cache(self) -> None:
         self.block_manager.reset_prefix_cache()
+
+    def sleep(self, level: int) -> None:
+        """Release the KV pool (and at level 2 the weights); only when no request is in flight."""
+        if level not in (1, 2):
+            raise ValueError(f"sleep level must be 1 (free the KV cache) or 2 (also the weights), got {level!r}")
+        if self.has_unfinished_requests():
+            raise RuntimeError(f"cannot sleep with {self.get_num_unfinished_requests()} requests in flight; "
+                               f"wait for them or abort them first")
+        self.block_manager.reset_prefix_cache()  # the cached prefixes' KV is about to be dropped
+        self.runner.sleep(level)
+
+    def wake_up(self, tags: Optional[list[str]] = None) -> bool:
+        """Restore what sleep released ("weights", "kv_cache"; None: both); True once fully awake."""
+        unknown = set(tags or ()) - {"weights", "kv_cache"}
+        if unknown:
+            raise ValueError(f"wake_up tags must be 'weights' or 'kv_cache', got {sorted(unknown)}")
+        self.runner.wake_up(tags)
+        return not self.runner.is_sleeping
+
+    # ----------------------------------------------------------------- introspection
 
     def get_stats(self) -> MetricsSnapshot:
         bm = self.block_manager
@@ -263,7 +293,10 @@ class EngineCore:
 
 
 def sampling_row(request: Request) -> SamplingRow:
-    """What the sampler needs of one sequence; EOS and stop ids are masked until min_tokens."""
+    """What the sampler needs of one sequence; EOS and stop ids are masked until min_tokens, unless a
+    grammar constrains it: a grammar decides where the output ends (min_tokens cannot hold it open)."""
     stop_ids = frozenset(request.eos_token_ids) | frozenset(request.sampling_params.stop_token_ids or ())
+    stop_ids = stop_ids if request.grammar is None else frozenset()
     return SamplingRow(request.sampling_params, request.prompt_token_ids, request.output_token_ids,
-                       request.generator, stop_ids, request.bad_words_token_ids, request.request_id)
+                       request.generator, stop_ids, request.bad_words_token_ids, request.request_id,
+                       request.grammar)

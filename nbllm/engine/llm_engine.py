@@ -18,6 +18,7 @@ import torch
 
 from nbllm.config import EngineConfig
 from nbllm.engine.core import EngineCore, ModelExecutor
+from nbllm.engine.grammar import GrammarCompiler
 from nbllm.engine.input_processor import InputProcessor
 from nbllm.loader import (apply_hf_overrides, load_generation_config, load_hf_config, load_tokenizer,
                           resolve_model_path, resolve_tokenizer_path, torch_dtype)
@@ -39,7 +40,8 @@ class LLMEngine:
         self.eos_token_ids = eos_token_ids
         self.generation_config = generation_config or {}
         self.model_path = model_path
-        self.input_processor = InputProcessor(tokenizer, runner.vocab_size, max_model_len)
+        self.grammars = GrammarCompiler(tokenizer, runner.vocab_size, eos_token_ids)  # structured outputs' cache
+        self.input_processor = InputProcessor(tokenizer, runner.vocab_size, max_model_len, self.grammars)
         self.core = EngineCore(config, runner, tokenizer, max_model_len, eos_token_ids)
 
     @classmethod

@@ -2,7 +2,8 @@
 
 For every token a step produced it appends the token to its sequence, records
 logprobs and latency metrics, detokenizes incrementally and checks the stop
-conditions (stop token, EOS, stop string, max_tokens, context length). It reports a
+conditions (stop token, EOS, stop string, max_tokens, context length, a completed
+structured-output grammar, whose matcher it advances). It reports a
 finished sequence back to the core, which frees its blocks. It gathers a user
 request's `n` sequences into one RequestOutput per its output kind (cumulative,
 delta or final only). It never schedules and never touches tensors.
@@ -60,6 +61,9 @@ class OutputProcessor:
         """Add a sampled token to its sequence; returns the status it finished with, if it did."""
         params = request.sampling_params
         token = result.token_id
+        if request.grammar is not None and not request.grammar.accept(token):  # the sampler's mask forbids this
+            raise RuntimeError(f"structured outputs: the sampled token {token} breaks the request's grammar; do "
+                               f"allowed_token_ids, bad_words or logits_processors forbid all the grammar allows?")
         request.append_output_token(token)
         request.cumulative_logprob += result.logprob
         if params.logprobs is not None:
@@ -67,7 +71,8 @@ class OutputProcessor:
         self._record_latency(request, t)
         n_out = request.num_output_tokens
         stop_token = token in params.stop_token_ids or (token in request.eos_token_ids and not params.ignore_eos)
-        if stop_token and n_out >= params.min_tokens:
+        grammar_done = request.grammar is not None and request.grammar.is_terminated  # a stop token ended it
+        if grammar_done or (stop_token and n_out >= params.min_tokens):
             if params.include_stop_str_in_output and params.detokenize:
                 request.detokenizer.add_token(token)
             request.stop_reason = token if token in params.stop_token_ids else None

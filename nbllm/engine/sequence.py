@@ -58,6 +58,7 @@ class Request:
     metrics: RequestMetrics = None  # type: ignore[assignment]
     detokenizer: Optional[Any] = None  # engine/detokenizer.py's IncrementalDetokenizer
     bad_words_token_ids: list[list[int]] = field(default_factory=list)
+    grammar: Optional[Any] = None  # structured outputs: engine/grammar.py's SequenceGrammar
     beam_group_id: Optional[str] = None  # set for beams of a beam search
     beam_candidates: Optional[list[tuple[int, float, int]]] = None  # a beam's proposals awaiting selection
 

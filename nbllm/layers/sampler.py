@@ -5,7 +5,8 @@ The pipeline, in order:
      default "raw_logprobs");
   2. constraints: allowed_token_ids, bad_words, logit_bias, and min_tokens (EOS and
      stop tokens masked until enough tokens exist), then the request's own
-     logits_processors (vLLM's classic callables), row by row;
+     logits_processors (vLLM's classic callables), row by row, then the grammars
+     of structured outputs (layers/grammar_mask.py: one bitmask, one kernel call);
   3. penalties: repetition (prompt and output tokens, Hugging Face's rule), presence
      and frequency (output tokens only, OpenAI's rule);
   4. greedy rows take the argmax;
@@ -23,6 +24,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from nbllm.layers.grammar_mask import GrammarConstraint, apply_grammars
 from nbllm.sampling_params import SamplingParams
 
 
@@ -37,6 +39,7 @@ class SamplingRow:
     stop_ids_until_min_tokens: frozenset[int] = frozenset()  # masked while output < min_tokens
     bad_words_token_ids: list[list[int]] = field(default_factory=list)
     request_id: str = ""  # named in a RowError
+    grammar: Optional[GrammarConstraint] = None  # structured outputs: the sequence's grammar state
 
 
 class RowError(Exception):
@@ -64,6 +67,7 @@ class Sampler:
         raw_logprobs = torch.log_softmax(logits, dim=-1)
         logits = self._apply_constraints(logits, rows)
         logits = self._apply_logits_processors(logits, rows)
+        logits = apply_grammars(logits, [r.grammar for r in rows])
         logits = self._apply_penalties(logits, rows)
 
         sampled = [i for i, r in enumerate(rows) if not r.params.is_greedy]
