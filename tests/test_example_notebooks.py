@@ -62,6 +62,7 @@ def check_dataframes(nb) -> None:
     assert match and int(match.group(1)) >= 75, "the extracted prices mostly agree with the regular expression"
     assert "summary" in text_of(cell_starting(nb, "summarised = "))
     assert "NaN" in text_of(cell_starting(nb, "partial = ")), "a missing review gives a missing result"
+    assert "24 of 24 labels match the pandas path's" in text_of(cell_starting(nb, "import dask")), "on a Dask cluster"
 
 
 def check_beam_search(nb) -> None:

@@ -58,7 +58,7 @@ class EngineCore:
         self.eos_token_ids = eos_token_ids
         self.block_manager = BlockManager(runner.num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens,
-                                   max_model_len)
+                                   max_model_len, config.scheduling_policy)
         self.metrics = MetricsRecorder()
         self.output_processor = OutputProcessor(tokenizer, max_model_len, self.metrics)
         self._beam_groups: dict[str, BeamGroup] = {}
@@ -76,7 +76,7 @@ class EngineCore:
             child = Request(request_id=child_id, prompt_token_ids=new.prompt_token_ids,
                             sampling_params=params.clone(), arrival_time=new.arrival_time,
                             eos_token_ids=self.eos_token_ids, prompt=new.prompt, parent_id=new.request_id,
-                            index=index, generator=self._generator(params, index))
+                            index=index, generator=self._generator(params, index), priority=new.priority)
             child.bad_words_token_ids = new.bad_words_token_ids
             if new.grammar is not None:  # each sequence its own matcher; stop ids end the grammar
                 child.grammar = SequenceGrammar(new.grammar, sorted(self.eos_token_ids | set(params.stop_token_ids)))

@@ -30,6 +30,7 @@ class NewRequest:
     params: SamplingParams  # the engine's own copy
     bad_words_token_ids: list[list[int]]
     arrival_time: float
+    priority: int = 0
     grammar: Optional[Any] = None  # xgrammar's CompiledGrammar of params.structured_outputs
 
 
@@ -46,18 +47,28 @@ class NewBeamSearch:
 
 class InputProcessor:
     def __init__(self, tokenizer: Any, vocab_size: int, max_model_len: int,
-                 grammars: Optional[GrammarCompiler] = None):
+                 grammars: Optional[GrammarCompiler] = None, max_logprobs: int = 20):
         self.tokenizer = tokenizer
+        self.max_logprobs = vocab_size if max_logprobs == -1 else max_logprobs
         self.vocab_size = vocab_size
         self.max_model_len = max_model_len
         self.grammars = grammars  # None: this engine refuses structured outputs
 
-    def process(self, request_id: str, prompt: PromptType, params: SamplingParams) -> NewRequest:
-        """Tokenize and validate one prompt with its parameters."""
+    def process(self, request_id: str, prompt: PromptType, params: SamplingParams, priority: int = 0) -> NewRequest:
+        """Tokenize and validate one prompt with its parameters.
+
+        `priority` orders requests under scheduling_policy="priority" (lower first); under
+        "fcfs" it is accepted and has no effect, as in vLLM's current offline API.
+        """
         if not isinstance(params, SamplingParams):
             raise TypeError(f"sampling_params must be SamplingParams, got {type(params).__name__}")
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise TypeError(f"priority must be an int, got {priority!r}")
         text, token_ids = self.tokenize(prompt)
         params.validate_for_vocab(self.vocab_size)
+        self._check_logprobs(params)
+        if self.tokenizer is None:
+            params = self._without_detokenizing(params)
         bad_words = [self.tokenizer.encode(prefix + word, add_special_tokens=False)
                      for prefix in ("", " ") for word in params.bad_words]
         grammar = None
@@ -65,19 +76,44 @@ class InputProcessor:
             if self.grammars is None:
                 raise ValueError("this engine has no grammar compiler: structured_outputs are not supported")
             grammar = self.grammars.compile(params.structured_outputs)
-        return NewRequest(request_id, text, token_ids, params.clone(), [w for w in bad_words if w], now(), grammar)
+        return NewRequest(request_id, text, token_ids, params.clone(), [w for w in bad_words if w], now(),
+                          priority, grammar)
 
     def process_beam_search(self, request_id: str, prompt: PromptType, params: BeamSearchParams) -> NewBeamSearch:
         if not isinstance(params, BeamSearchParams):
             raise TypeError(f"params must be BeamSearchParams, got {type(params).__name__}")
+        if self.tokenizer is None:
+            raise ValueError("beam search decodes its beams, but this engine has no tokenizer "
+                             "(skip_tokenizer_init=True)")
         text, token_ids = self.tokenize(prompt)
         return NewBeamSearch(request_id, text, token_ids, params, now())
 
     def tokenize(self, prompt: PromptType) -> tuple[Optional[str], list[int]]:
         """The prompt's text (if any) and its checked token ids."""
         parsed = parse_prompt(prompt)
+        if parsed.token_ids is None and self.tokenizer is None:
+            raise InvalidParameter("this engine has no tokenizer (skip_tokenizer_init=True): pass prompts as "
+                                   "token ids, {'prompt_token_ids': [...]}", "prompt")
         token_ids = parsed.token_ids if parsed.token_ids is not None else self.tokenizer.encode(parsed.text)
         return parsed.text, self.check_prompt_tokens(token_ids)
+
+    def _check_logprobs(self, params: SamplingParams) -> None:
+        """vLLM's max_logprobs cap (an engine argument; -1 lifts it), with vLLM's wording."""
+        for name, kind in (("logprobs", "sample"), ("prompt_logprobs", "prompt")):
+            wanted = getattr(params, name)
+            count = self.vocab_size if wanted == -1 else wanted
+            if count is not None and count > self.max_logprobs:
+                raise InvalidParameter(f"Requested {kind} logprobs of {count}, which is greater than max allowed: "
+                                       f"{self.max_logprobs} (raise max_logprobs in LLM(...), -1 for no cap)", name)
+
+    @staticmethod
+    def _without_detokenizing(params: SamplingParams) -> SamplingParams:
+        """With skip_tokenizer_init, outputs are token ids only; text-based options cannot work."""
+        for name in ("stop", "bad_words", "structured_outputs"):
+            if getattr(params, name):
+                raise InvalidParameter(f"{name} needs a tokenizer, but this engine has none "
+                                       f"(skip_tokenizer_init=True)", name)
+        return params.updated(detokenize=False) if params.detokenize else params
 
     def check_prompt_tokens(self, token_ids: Sequence[int]) -> list[int]:
         token_ids = [int(t) for t in token_ids]

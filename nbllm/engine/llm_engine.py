@@ -26,8 +26,11 @@ from nbllm.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
 
+# generation_config.json key -> SamplingParams field, the keys vLLM's get_diff_sampling_param reads.
 GENERATION_CONFIG_FIELDS = {"repetition_penalty": "repetition_penalty", "temperature": "temperature",
-                            "top_k": "top_k", "top_p": "top_p", "min_p": "min_p", "max_new_tokens": "max_tokens"}
+                            "top_k": "top_k", "top_p": "top_p", "min_p": "min_p", "max_new_tokens": "max_tokens",
+                            "presence_penalty": "presence_penalty", "frequency_penalty": "frequency_penalty",
+                            "skip_special_tokens": "skip_special_tokens"}
 
 
 class LLMEngine:
@@ -40,8 +43,10 @@ class LLMEngine:
         self.eos_token_ids = eos_token_ids
         self.generation_config = generation_config or {}
         self.model_path = model_path
-        self.grammars = GrammarCompiler(tokenizer, runner.vocab_size, eos_token_ids)  # structured outputs' cache
-        self.input_processor = InputProcessor(tokenizer, runner.vocab_size, max_model_len, self.grammars)
+        self.grammars = (GrammarCompiler(tokenizer, runner.vocab_size, eos_token_ids)  # structured outputs' cache
+                         if tokenizer is not None else None)
+        self.input_processor = InputProcessor(tokenizer, runner.vocab_size, max_model_len, self.grammars,
+                                              config.max_logprobs)
         self.core = EngineCore(config, runner, tokenizer, max_model_len, eos_token_ids)
 
     @classmethod
@@ -51,11 +56,13 @@ class LLMEngine:
 
         model_path = resolve_model_path(config.model, config.revision, config.download_dir)
         hf_config = apply_hf_overrides(load_hf_config(model_path, config.trust_remote_code), config.hf_overrides)
-        tokenizer_path = resolve_tokenizer_path(config.tokenizer, model_path, config.tokenizer_revision,
-                                                config.download_dir)
-        tokenizer = load_tokenizer(tokenizer_path, config.trust_remote_code, config.tokenizer_mode)
-        generation_config = load_generation_config(
-            Path(config.generation_config).expanduser() if config.generation_config not in ("auto", "vllm") else model_path)
+        tokenizer = None  # skip_tokenizer_init: token ids in, token ids out
+        if not config.skip_tokenizer_init:
+            tokenizer_path = resolve_tokenizer_path(config.tokenizer, model_path, config.tokenizer_revision,
+                                                    config.download_dir)
+            tokenizer = load_tokenizer(tokenizer_path, config.trust_remote_code, config.tokenizer_mode)
+        generation_config = load_generation_config(Path(config.generation_config).expanduser()
+                                                   if config.generation_config not in ("auto", "vllm") else model_path)
         generation_config.update(config.override_generation_config or {})
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
@@ -112,7 +119,7 @@ def eos_token_ids(generation_config: dict, hf_config: Any, tokenizer: Any) -> fr
     """Every end-of-sequence id the generation config, the model config and the tokenizer name."""
     ids: set[int] = set()
     for source in (generation_config.get("eos_token_id"), getattr(hf_config, "eos_token_id", None),
-                   tokenizer.eos_token_id):
+                   tokenizer.eos_token_id if tokenizer is not None else None):
         if isinstance(source, int):
             ids.add(source)
         elif isinstance(source, (list, tuple)):

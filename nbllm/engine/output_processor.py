@@ -52,7 +52,9 @@ class OutputProcessor:
 
     def add_request(self, user: UserRequest) -> None:
         for child in user.children:
-            child.detokenizer = IncrementalDetokenizer(self.tokenizer, user.prompt_token_ids, child.sampling_params)
+            if child.sampling_params.detokenize:
+                child.detokenizer = IncrementalDetokenizer(self.tokenizer, user.prompt_token_ids,
+                                                           child.sampling_params)
         self.requests[user.request_id] = user
         self.metrics.prompt_tokens_total += len(user.prompt_token_ids) * len(user.children)
 
@@ -161,7 +163,7 @@ class OutputProcessor:
             return None
         completions = []
         for i, child in enumerate(user.children):
-            text = child.detokenizer.visible_text(child.is_finished)
+            text = child.detokenizer.visible_text(child.is_finished) if child.detokenizer is not None else ""
             tokens = list(child.output_token_ids)
             logprobs = list(child.logprobs) if user.params.logprobs is not None else None
             if kind == RequestOutputKind.DELTA:

@@ -44,6 +44,7 @@ class Request:
     parent_id: Optional[str] = None  # the user's request id when n > 1 fans out
     index: int = 0  # which completion of the parent this is
     generator: Optional[torch.Generator] = None  # per-request RNG when seeded
+    priority: int = 0  # with the "priority" scheduling policy, lower is served first
 
     output_token_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
@@ -104,7 +105,7 @@ class Request:
         child = Request(request_id=request_id, prompt_token_ids=self.prompt_token_ids,
                         sampling_params=self.sampling_params, arrival_time=self.arrival_time,
                         eos_token_ids=self.eos_token_ids, prompt=self.prompt, parent_id=self.parent_id,
-                        index=self.index, beam_group_id=self.beam_group_id)
+                        index=self.index, beam_group_id=self.beam_group_id, priority=self.priority)
         child.output_token_ids = list(self.output_token_ids)
         child._all_token_ids = list(self._all_token_ids)
         child.cumulative_logprob = self.cumulative_logprob

@@ -12,7 +12,10 @@ The pipeline, in order:
   4. greedy rows take the argmax;
   5. other rows: temperature, then top-k, top-p and min-p filtering, then one draw
      per row by the exponential race (argmax of p / Exp(1)), using the row's own
-     generator when it is seeded so its stream does not depend on its batch mates.
+     generator when it is seeded so its stream does not depend on its batch mates;
+  6. logprobs report the engine's logprobs_mode (vLLM's): the raw logprobs of step 1
+     (the default), the raw logits, or the processed logits (or their log-softmax) the
+     token was drawn from (after steps 2-5; greedy rows: after step 3).
 Rows without constraints or penalties pay nothing for steps 2-3.
 """
 
@@ -24,6 +27,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from nbllm.config import LOGPROBS_MODES
 from nbllm.layers.grammar_mask import GrammarConstraint, apply_grammars
 from nbllm.sampling_params import SamplingParams
 
@@ -59,12 +63,16 @@ class SamplerOutput:
 
 
 class Sampler:
-    def __init__(self, default_generator: torch.Generator):
+    def __init__(self, default_generator: torch.Generator, logprobs_mode: str = "raw_logprobs"):
+        if logprobs_mode not in LOGPROBS_MODES:
+            raise ValueError(f"logprobs_mode must be one of {LOGPROBS_MODES}, got {logprobs_mode!r}")
         self.default_generator = default_generator
+        self.logprobs_mode = logprobs_mode  # what logprobs report (vLLM's): before or after processing
 
     def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
         logits = logits.float()  # [N, V]
         raw_logprobs = torch.log_softmax(logits, dim=-1)
+        raw_logits = logits.clone() if self.logprobs_mode == "raw_logits" else None
         logits = self._apply_constraints(logits, rows)
         logits = self._apply_logits_processors(logits, rows)
         logits = apply_grammars(logits, [r.grammar for r in rows])
@@ -74,10 +82,17 @@ class Sampler:
         token_ids = logits.argmax(dim=-1)  # greedy rows are done; sampled rows are overwritten below
         if sampled:
             index = torch.tensor(sampled, device=logits.device)
-            token_ids.index_copy_(0, index, self._sample(logits.index_select(0, index), [rows[i] for i in sampled]))
+            sampled_rows = [rows[i] for i in sampled]
+            processed = self._temper_and_filter(logits.index_select(0, index), sampled_rows)
+            token_ids.index_copy_(0, index, self._draw(processed, sampled_rows))
+            logits.index_copy_(0, index, processed)  # now what the sampled rows drew from
 
-        chosen = raw_logprobs.gather(1, token_ids[:, None]).squeeze(1)
-        top = self._top_logprobs(raw_logprobs, token_ids, chosen, rows)
+        reported = {"raw_logprobs": raw_logprobs, "raw_logits": raw_logits, "processed_logits": logits}.get(
+            self.logprobs_mode)
+        if reported is None:
+            reported = torch.log_softmax(logits, dim=-1)  # processed_logprobs
+        chosen = reported.gather(1, token_ids[:, None]).squeeze(1)
+        top = self._top_logprobs(reported, token_ids, chosen, rows)
         return SamplerOutput(token_ids.tolist(), chosen.tolist(), top)
 
     # ----------------------------------------------------------------- step 2
@@ -133,16 +148,18 @@ class Sampler:
         return logits
 
     # ----------------------------------------------------------------- step 5
-    def _sample(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
-        device = logits.device
-        temperature = torch.tensor([r.params.temperature for r in rows], device=device)
-        logits = logits / temperature[:, None]
-        logits = filter_logits(
-            logits,
+    @staticmethod
+    def _temper_and_filter(logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+        temperature = torch.tensor([r.params.temperature for r in rows], device=logits.device)
+        return filter_logits(
+            logits / temperature[:, None],
             top_k=[r.params.top_k for r in rows],
             top_p=[r.params.top_p for r in rows],
             min_p=[r.params.min_p for r in rows],
         )
+
+    def _draw(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+        device = logits.device
         probs = torch.softmax(logits, dim=-1)
         noise = torch.empty_like(probs)
         unseeded = [i for i, r in enumerate(rows) if r.generator is None]
