@@ -1,9 +1,11 @@
-"""`df.llm.generate(...)` and `s.llm.generate(...)`: a prompt template filled from each row.
+"""`df.llm.generate(...)`, `df.llm.extract(...)` and the same on a Series: a prompt template per row.
 
 Registered with pandas when nbllm.notebook is imported. The accessors keep no
 engine state, check the template before anything is submitted, and return new
 objects: the caller's frame is never mutated. All rows go to the engine as one batch; identical prompts are
 generated once; a row with a missing value in a used column gets a missing result.
+`choice=[...]` gives a categorical column; `extract` gives typed columns from a JSON
+schema (nbllm/notebook/structured.py).
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from typing import Any, Optional
+from typing import Any, Optional, Sequence, Union
 
 import pandas as pd
 
 from nbllm.notebook.dataframes import run_batch
 from nbllm.notebook.session import resolve_engine
+from nbllm.notebook.structured import Extraction, choice_column, with_choice
 from nbllm.protocol import EngineClient
 from nbllm.sampling_params import SamplingParams
 
@@ -64,8 +67,36 @@ class LLMDataFrameAccessor:
 
     def generate(self, template: str, out: str = "completion", sampling_params: Optional[SamplingParams] = None,
                  chat: bool = False, system: Optional[str] = None, n: int = 1, llm: Optional[EngineClient] = None,
-                 use_tqdm: bool = True) -> pd.DataFrame:
-        """Fill `{column}` placeholders per row, generate, and return a copy with column `out`."""
+                 use_tqdm: bool = True, choice: Optional[Sequence[str]] = None) -> pd.DataFrame:
+        """Fill `{column}` placeholders per row, generate, and return a copy with column `out`.
+
+        With `choice`, each completion is one of those labels and the column is categorical.
+        """
+        rows = self._prompts(template)
+        params = with_choice(sampling_params, choice, llm) if choice is not None else sampling_params
+        results = generate_column(rows, llm, params, chat, system, n, use_tqdm)
+        frame = self._frame.copy()
+        if choice is not None and n == 1:
+            frame[out] = choice_column(results, choice, frame.index)
+        else:
+            frame[out] = pd.Series(results, index=frame.index, dtype=object if n > 1 else None)
+        return frame
+
+    def extract(self, template: str, schema: Union[dict, type], sampling_params: Optional[SamplingParams] = None,
+                chat: bool = False, system: Optional[str] = None, llm: Optional[EngineClient] = None,
+                use_tqdm: bool = True) -> pd.DataFrame:
+        """Fill the template per row, generate JSON matching `schema` (a JSON-schema dict or a pydantic model),
+        and return a copy with one typed column per property (replacing columns of the same name)."""
+        extraction = Extraction(schema)
+        rows = self._prompts(template)
+        texts = generate_column(rows, llm, extraction.sampling_params(sampling_params, llm), chat, system, 1, use_tqdm)
+        frame = self._frame.copy()
+        for name, column in extraction.columns(texts, frame.index).items():
+            frame[name] = column
+        return frame
+
+    def _prompts(self, template: str) -> list[Optional[str]]:
+        """Each row's prompt (None where a value it uses is missing); KeyError for a placeholder naming no column."""
         names = template_fields(template)
         columns = [str(c) for c in self._frame.columns]
         unknown = [name for name in names if name not in columns]
@@ -74,11 +105,7 @@ class LLMDataFrameAccessor:
             raise KeyError(f"the template's {bad} names no column; columns are {columns}")
         by_name = {str(c): c for c in self._frame.columns}
         records = self._frame.to_dict("records")
-        rows = [_fill(template, {name: record[by_name[name]] for name in names}) for record in records]
-        results = generate_column(rows, llm, sampling_params, chat, system, n, use_tqdm)
-        frame = self._frame.copy()
-        frame[out] = pd.Series(results, index=frame.index, dtype=object if n > 1 else None)
-        return frame
+        return [_fill(template, {name: record[by_name[name]] for name in names}) for record in records]
 
 
 @pd.api.extensions.register_series_accessor("llm")
@@ -90,13 +117,33 @@ class LLMSeriesAccessor:
 
     def generate(self, template: str, sampling_params: Optional[SamplingParams] = None, chat: bool = False,
                  system: Optional[str] = None, n: int = 1, llm: Optional[EngineClient] = None,
-                 use_tqdm: bool = True) -> pd.Series:
-        """Fill `{}` with each value, generate, and return the completions with the same index."""
+                 use_tqdm: bool = True, choice: Optional[Sequence[str]] = None) -> pd.Series:
+        """Fill `{}` with each value, generate, and return the completions with the same index.
+
+        With `choice`, each completion is one of those labels and the Series is categorical.
+        """
+        rows = self._prompts(template)
+        params = with_choice(sampling_params, choice, llm) if choice is not None else sampling_params
+        results = generate_column(rows, llm, params, chat, system, n, use_tqdm)
+        if choice is not None and n == 1:
+            return choice_column(results, choice, self._series.index, self._series.name)
+        return pd.Series(results, index=self._series.index, name=self._series.name, dtype=object if n > 1 else None)
+
+    def extract(self, template: str, schema: Union[dict, type], sampling_params: Optional[SamplingParams] = None,
+                chat: bool = False, system: Optional[str] = None, llm: Optional[EngineClient] = None,
+                use_tqdm: bool = True) -> pd.DataFrame:
+        """Fill `{}` with each value, generate JSON matching `schema` (a JSON-schema dict or a pydantic
+        model), and return a frame with the same index and one typed column per property."""
+        extraction = Extraction(schema)
+        rows = self._prompts(template)
+        texts = generate_column(rows, llm, extraction.sampling_params(sampling_params, llm), chat, system, 1, use_tqdm)
+        return pd.DataFrame(extraction.columns(texts, self._series.index), index=self._series.index)
+
+    def _prompts(self, template: str) -> list[Optional[str]]:
+        """Each value's prompt (None for a missing value)."""
         names = template_fields(template)
         if not names:
             raise ValueError(f"a Series template needs a {{}} for the value, got {template!r}")
         if any(name not in ("", "0") for name in names):
             raise KeyError(f"a Series template fills in the value with {{}}, got {template!r}")
-        rows = [None if _is_missing(value) else template.format(value) for value in self._series]
-        results = generate_column(rows, llm, sampling_params, chat, system, n, use_tqdm)
-        return pd.Series(results, index=self._series.index, name=self._series.name, dtype=object if n > 1 else None)
+        return [None if _is_missing(value) else template.format(value) for value in self._series]
