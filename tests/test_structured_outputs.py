@@ -288,10 +288,12 @@ def test_constraints_that_leave_the_grammar_nothing_fail_that_request_alone(tiny
 def test_default_model_labels_sentiment_with_a_choice():
     reviews = ["I loved this film, the acting was wonderful.", "Terrible service, I will never come back.",
                "Absolutely fantastic, highly recommended!", "The worst purchase I have ever made."]
+    few_shot = ("Review: The battery died after two days.\nSentiment: negative\n\n"
+                "Review: Comfortable, light and it looks great.\nSentiment: positive\n\n"
+                "Review: {}\nSentiment: ")
+    params = SamplingParams(temperature=0, max_tokens=8, structured_outputs=StructuredOutputsParams(
+        choice=["positive", "negative"]))
     with LLM() as llm:
-        prompts = llm.render_chat_prompts([[{"role": "user", "content": f"Is this review positive or negative? "
-                                                                         f"{review}"}] for review in reviews])
-        params = SamplingParams(temperature=0, max_tokens=8, structured_outputs=StructuredOutputsParams(
-            choice=["positive", "negative"]))
-        labels = [o.outputs[0].text for o in llm.generate(prompts, params, use_tqdm=False)]
-    assert labels == ["positive", "negative", "positive", "negative"]
+        outputs = llm.generate([few_shot.format(review) for review in reviews], params, use_tqdm=False)
+    assert [o.outputs[0].text for o in outputs] == ["positive", "negative", "positive", "negative"]
+    assert {o.outputs[0].finish_reason for o in outputs} == {"stop"}
