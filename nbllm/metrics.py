@@ -63,6 +63,9 @@ class MetricsSnapshot:
     time_to_first_token: Histogram
     inter_token_latency: Histogram
     e2e_request_latency: Histogram
+    # running request id -> the indices into block_states of the blocks it holds (a block held by
+    # several requests is shared: a common prefix, or beams forked from one another)
+    request_blocks: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def prefix_cache_hit_rate(self) -> float:

@@ -105,6 +105,11 @@ class EngineClient(Protocol):
                     use_tqdm: bool = False) -> list["BeamSearchOutput"]:
         """Beam search for each prompt; see `capabilities.beam_search` and `.beam_tree`."""
 
+    def submit_beam_search(self, prompt: "PromptType", params: "BeamSearchParams", request_id: Optional[str] = None,
+                           deliver: Optional["Deliver"] = None) -> "RequestStream":
+        """Start one beam search now; its stream ends with a BeamSearchOutput (with params.output_kind
+        CUMULATIVE, unfinished ones holding the tree so far come after every step)."""
+
     def get_stats(self) -> "MetricsSnapshot":
         """A consistent snapshot of the engine (KV usage, queues, counters); see capabilities.metrics."""
 

@@ -241,8 +241,12 @@ class BeamSearchParams:
     temperature: float = 0.0
     length_penalty: float = 1.0
     include_stop_str_in_output: bool = False
+    # nbllm's addition: CUMULATIVE also streams the search so far (its tree) after every step
+    output_kind: RequestOutputKind = RequestOutputKind.FINAL_ONLY
 
     def __post_init__(self) -> None:
+        if self.output_kind not in (RequestOutputKind.FINAL_ONLY, RequestOutputKind.CUMULATIVE):
+            raise ValueError(f"a beam search's output_kind must be FINAL_ONLY or CUMULATIVE, got {self.output_kind!r}")
         _check_type("beam_width", self.beam_width, (int,))
         if self.beam_width < 1:
             raise ValueError(f"beam_width must be at least 1, got {self.beam_width}")

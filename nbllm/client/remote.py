@@ -181,6 +181,12 @@ class RemoteLLM:
         raise NotImplementedError(f"{self.base_url}: beam search is not offered over HTTP by RemoteLLM "
                                   "(capabilities.beam_search is False); run it with a local nbllm.LLM")
 
+    def submit_beam_search(self, prompt: PromptType, params: BeamSearchParams, request_id: Optional[str] = None,
+                           deliver: Optional[Deliver] = None) -> RequestStream:
+        """Not offered: see `capabilities.beam_search`."""
+        raise NotImplementedError(f"{self.base_url}: beam search is not offered over HTTP by RemoteLLM "
+                                  "(capabilities.beam_search is False); run it with a local nbllm.LLM")
+
     # ----------------------------------------------------------------- stats and lifetime
     def get_stats(self) -> MetricsSnapshot:
         """The server's /metrics as a snapshot (per-block detail stays empty); tokens/s between two calls."""

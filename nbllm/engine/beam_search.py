@@ -10,18 +10,20 @@ beam_width others survive. A surviving candidate continues its parent's Request
 when it is the parent's first survivor; further survivors fork the parent: the
 child shares every block (reference counts) and the scheduler copies the shared,
 partially filled last block on the child's first write. No beam recomputes its
-prefix. The group records every candidate in a BeamTree.
+prefix. The group records every candidate in a BeamTree; when its params ask for
+CUMULATIVE outputs, a copy of the tree so far is delivered after every step.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from nbllm.beam_tree import FINISHED, KEPT, PRUNED, BeamTree
 from nbllm.engine.sequence import Request
 from nbllm.outputs import BeamSearchOutput, BeamSearchSequence
-from nbllm.sampling_params import BeamSearchParams
+from nbllm.sampling_params import BeamSearchParams, RequestOutputKind
 
 
 def beam_score(num_tokens: int, cum_logprob: float, ends_with_eos: bool, length_penalty: float) -> float:
@@ -134,6 +136,18 @@ class BeamGroup:
         self.finished = True
 
     # ----------------------------------------------------------------- result
+    @property
+    def streams_progress(self) -> bool:
+        """Whether the search so far is delivered after every step (params.output_kind CUMULATIVE)."""
+        return self.params.output_kind is RequestOutputKind.CUMULATIVE
+
+    def snapshot(self) -> BeamSearchOutput:
+        """The search so far (not finished): a copy of its tree, no ranked sequences yet."""
+        tree = BeamTree(self.tree.prompt, self.tree.beam_width, self.tree.length_penalty,
+                        [copy.copy(node) for node in self.tree.nodes])
+        return BeamSearchOutput(sequences=[], prompt=self.prompt, prompt_token_ids=self.prompt_token_ids,
+                                tree=tree, request_id=self.request_id, finished=False)
+
     def output(self) -> BeamSearchOutput:
         ranked = sorted(self.completed, key=lambda d: d.score, reverse=True)[:self.params.beam_width]
         n_prompt = len(self.prompt_token_ids)

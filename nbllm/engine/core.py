@@ -185,6 +185,8 @@ class EngineCore:
                     outputs.append(group.output())
                     del self._beam_groups[group.request_id]
                     self.metrics.requests_finished_total += 1
+                elif group.streams_progress:
+                    outputs.append(group.snapshot())
             except Exception as exc:
                 self._fail(group.request_id, exc)
         self.metrics.record_generated(generated, t)
@@ -283,7 +285,9 @@ class EngineCore:
             tokens_per_second=self.metrics.tokens_per_second(t), running_request_blocks=running,
             block_states=bm.block_states(), time_to_first_token=self.metrics.time_to_first_token.copy(),
             inter_token_latency=self.metrics.inter_token_latency.copy(),
-            e2e_request_latency=self.metrics.e2e_request_latency.copy())
+            e2e_request_latency=self.metrics.e2e_request_latency.copy(),
+            request_blocks={r.request_id: [b - 1 for b in r.block_ids]  # block_states starts at block 1
+                            for r in self.scheduler.running})
 
     def shutdown(self) -> list[EngineOutput]:
         """Abort everything (returning the final outputs) and release the model and KV pool."""
