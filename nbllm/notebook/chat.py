@@ -1,16 +1,19 @@
 """ChatPanel: an ipywidgets chat on the kernel's engine, replies streamed as they are generated.
 
-The panel's state is plain Python (the message list) plus widgets. Buttons and
-`send_message()` run in the kernel's main thread: they render the conversation with
-the engine's chat template and `submit` it there, so bad input raises at once and
-shows in the status line, and the request id is known before the first token. The
-reply is read by a worker thread that only sets widget traits; a stale worker (its
-turn was stopped or cleared away) changes nothing. Stop aborts the request at once
-and returns when the engine has ended it (its KV blocks are free). Several panels on
-one engine are batched together; any EngineClient (LLM or RemoteLLM) will do.
+The panel's state is plain Python (the log's entries) plus widgets. Sending runs in
+the kernel's main thread: the conversation is submitted there (`submit_chat`), so
+bad input is known at once and the request id before the first token. A message
+the engine refuses (a prompt over the context window, say) stays in the log marked
+failed, with what to do, and is never sent again; a reply that fails while it
+streams marks its exchange failed the same way. The reply is read by a worker
+thread that only sets widget traits; a stale worker (its turn was stopped or
+cleared away) changes nothing. Stop aborts the request at once and returns when the
+engine has ended it (its KV blocks are free). Several panels on one engine are
+batched together; any EngineClient (LLM or RemoteLLM) will do.
 
-Keys: Enter sends, Shift+Enter starts a new line (the message box is a small
-anywidget, chat_input.py, since ipywidgets' Textarea cannot tell the two apart).
+The message box and Send button (chat_input.py) and the log (chat_log.py) are small
+anywidgets: Enter sends, Shift+Enter starts a new line; the log scrolls and gives
+code blocks Copy and Insert buttons. Sampling defaults: chat_defaults.py.
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ from typing import Any, Callable, Optional
 
 import ipywidgets as widgets
 
+from nbllm.errors import InvalidParameter
+from nbllm.notebook.chat_defaults import chat_sampling_params
 from nbllm.notebook.chat_input import ChatInput
+from nbllm.notebook.chat_log import ChatLog
 from nbllm.notebook.session import resolve_engine
 from nbllm.outputs import RequestOutput
 from nbllm.protocol import EngineClient
@@ -35,7 +41,6 @@ from nbllm.views.chat_view import PANEL_CLASS, STYLESHEET, message_html, progres
 ROLES = ("system", "user", "assistant")
 _UPDATE_INTERVAL_S = 0.05
 _STOP_TIMEOUT_S = 10.0
-_DEFAULT_MAX_TOKENS = 256
 
 
 class ChatState(enum.Enum):
@@ -45,11 +50,27 @@ class ChatState(enum.Enum):
 
 
 @dataclass
-class _Turn:
-    """One assistant reply being generated."""
+class _Entry:
+    """One message of the log; a failed one is shown but left out of the conversation."""
 
     message: dict
-    view: widgets.HTML
+    note: str = ""
+    failed: bool = False
+
+    @property
+    def role(self) -> str:
+        return self.message["role"]
+
+    def html(self, streaming: bool = False) -> str:
+        return message_html(self.role, self.message["content"], streaming, self.note, self.failed)
+
+
+@dataclass
+class _Turn:
+    """One assistant reply being generated for the user's message `user`."""
+
+    user: _Entry
+    reply: _Entry
     stream: RequestStream  # its request id is known from submit: Stop can abort before the first token
     stop: threading.Event = field(default_factory=threading.Event)
     thread: Optional[threading.Thread] = None
@@ -59,24 +80,26 @@ class ChatPanel(widgets.VBox):
     """A chat with the kernel's engine (or `llm`); `panel.messages` holds the conversation."""
 
     def __init__(self, llm: Optional[EngineClient] = None, system_prompt: Optional[str] = None,
-                 sampling_params: Optional[SamplingParams] = None) -> None:
+                 sampling_params: Optional[SamplingParams] = None, max_height: str = "480px") -> None:
         self.llm = resolve_engine(llm)
-        self._base_params = sampling_params or self.llm.get_default_sampling_params().updated(
-            max_tokens=_DEFAULT_MAX_TOKENS)
-        self._history: list[dict] = []
-        self._views: list[widgets.HTML] = []
+        defaults = chat_sampling_params(self.llm) if sampling_params is None else None
+        self._base_params = sampling_params or defaults.params
+        self._entries: list[_Entry] = []
         self._turn: Optional[_Turn] = None
         self._lock = threading.Lock()
         self.chat_state = ChatState.IDLE
-        self._build(system_prompt or "", self._base_params)
-        super().__init__([widgets.HTML(STYLESHEET), self._log, self._input_row, self._settings, self.status])
+        self._build(system_prompt or "", self._base_params, max_height)
+        where = f" · sampling: {defaults.source}" if defaults is not None else ""
+        self.status.value = status_html(f"{self.llm.model_name} ready{where}")
+        super().__init__([widgets.HTML(STYLESHEET), self.chat_log, self.input, self._buttons, self._settings,
+                          self.status])
         self.add_class(PANEL_CLASS)
+        self.add_class("nbllm-panel")
 
-    def _build(self, system_prompt: str, params: SamplingParams) -> None:
+    def _build(self, system_prompt: str, params: SamplingParams, max_height: str) -> None:
         full = widgets.Layout(width="100%")
-        self._log = widgets.VBox(layout=widgets.Layout(width="100%"))
-        self.input = ChatInput(layout=widgets.Layout(flex="1 1 auto", width="auto"))
-        self.send_button = widgets.Button(description="Send", button_style="primary", icon="paper-plane")
+        self.chat_log = ChatLog(max_height=max_height, layout=full)
+        self.input = ChatInput(layout=full)
         self.stop_button = widgets.Button(description="Stop", button_style="warning", icon="stop", disabled=True)
         self.regenerate_button = widgets.Button(description="Regenerate", icon="refresh")
         self.undo_button = widgets.Button(description="Undo", icon="undo")
@@ -89,43 +112,51 @@ class ChatPanel(widgets.VBox):
                                                description="temperature", style=labelled)
         self.top_p = widgets.FloatSlider(value=params.top_p, min=0.05, max=1.0, step=0.05, description="top_p",
                                          style=labelled)
-        self.max_tokens = widgets.IntSlider(value=min(params.max_tokens or 256, max_len), min=1, max=max_len,
-                                            description="max tokens", style=labelled)
-        self.status = widgets.HTML(status_html(f"{self.llm.model_name} ready"))
-        buttons = [self.send_button, self.stop_button, self.regenerate_button, self.undo_button, self.clear_button]
+        self.max_tokens = widgets.BoundedIntText(value=min(params.max_tokens or 256, max_len), min=1, max=max_len,
+                                                 description="max tokens", style=labelled,
+                                                 layout=widgets.Layout(width="170px"))
+        self.status = widgets.HTML()
+        buttons = [self.stop_button, self.regenerate_button, self.undo_button, self.clear_button]
         for button in buttons:
             button.layout = widgets.Layout(width="auto")
             button.add_class(f"nbllm-{button.description.lower()}")  # stable hooks for styling and tests
         self.input.add_class("nbllm-chat-input")
+        self.chat_log.add_class("nbllm-chat-log")
         self.status.add_class("nbllm-chat-status")
-        self._input_row = widgets.VBox([self.input, widgets.HBox(buttons)], layout=full)
+        self._buttons = widgets.HBox(buttons)
         self._settings = widgets.VBox([self.system_prompt, widgets.HBox([self.temperature, self.top_p,
                                                                          self.max_tokens])], layout=full)
-        self.send_button.on_click(self._guarded(lambda _: self.send_message()))
         self.stop_button.on_click(self._guarded(lambda _: self.stop()))
         self.regenerate_button.on_click(self._guarded(lambda _: self.regenerate()))
         self.undo_button.on_click(self._guarded(lambda _: self.undo()))
         self.clear_button.on_click(self._guarded(lambda _: self.clear()))
-        self.input.on_submit(self._guarded(self.send_message))
+        self.input.on_submit(self._on_submit)
 
     # ------------------------------------------------------------------ conversation
     @property
     def messages(self) -> list[dict]:
-        """The conversation as chat messages, the system prompt first when there is one."""
+        """The conversation as chat messages (failed ones left out), the system prompt first when there is one."""
         with self._lock:
-            history = [dict(m) for m in self._history]
+            history = [dict(e.message) for e in self._entries if not e.failed]
         system = self.system_prompt.value.strip()
         return ([{"role": "system", "content": system}] if system else []) + history
 
     def send_message(self, text: Optional[str] = None) -> None:
-        """Send a user message (the input box's text by default) and stream the reply."""
-        text = (self.input.value if text is None else text).strip()
+        """Send a user message (the input box's text by default) and stream the reply.
+
+        A message the engine refuses stays in the log, marked failed; the status line says why.
+        """
+        from_box = text is None
+        text = (self.input.value if from_box else text).strip()
         if not text:
             return
         self._require_idle()
-        self.input.value = ""
-        self._append({"role": "user", "content": text})
-        self._start_reply()
+        if from_box:
+            self.input.value = ""
+        entry = _Entry({"role": "user", "content": text})
+        with self._lock:
+            self._entries.append(entry)
+        self._start_reply(entry)
 
     def stop(self) -> None:
         """Abort the streaming reply, even before its first token; returns once the engine has ended it
@@ -139,33 +170,47 @@ class ChatPanel(widgets.VBox):
         turn.thread.join(_STOP_TIMEOUT_S)
         if turn.thread.is_alive():  # the engine did not answer in time: detach the worker, it is stale now
             self._detach(turn)
+            self._sync_log()
             self.status.value = status_html("stopped (the engine is slow to answer)", error=True)
 
     def regenerate(self) -> None:
-        """Replace the last reply with a new one."""
+        """Replace the last reply with a new one (a failed message is tried again)."""
         self.stop()
-        if self._history and self._history[-1]["role"] == "assistant":
-            self._pop()
-        if not self._history or self._history[-1]["role"] != "user":
+        with self._lock:
+            if self._entries and self._entries[-1].role == "assistant":
+                self._entries.pop()
+            last = self._entries[-1] if self._entries else None
+        if last is None or last.role != "user":
+            self._sync_log()
             raise RuntimeError("nothing to regenerate: send a message first")
-        self._start_reply()
+        last.failed, last.note = False, ""
+        self._start_reply(last)
 
     def undo(self) -> None:
-        """Remove the last exchange; the user's text goes back into the input box."""
+        """Remove the last exchange (failed or not). Its message goes back into the input box,
+        unless the box holds text, which is never overwritten."""
         self.stop()
-        if self._history and self._history[-1]["role"] == "assistant":
-            self._pop()
-        if self._history and self._history[-1]["role"] == "user":
-            self.input.value = self._pop()["content"]
+        removed: list[_Entry] = []
+        with self._lock:
+            for role in ("assistant", "user"):
+                if self._entries and self._entries[-1].role == role:
+                    removed.append(self._entries.pop())
+        self._sync_log()
+        users = [e for e in removed if e.role == "user"]
+        if not removed:
+            self.status.value = status_html("nothing to undo")
+        elif users and not self.input.value.strip():
+            self.input.value = users[0].message["content"]
+            self.status.value = status_html("removed the last exchange; its message is back in the box")
+        else:
+            self.status.value = status_html("removed the last exchange (the text in the box was kept)")
 
     def clear(self) -> None:
         """Stop any reply and forget the conversation (the system prompt stays)."""
         self.stop()
         with self._lock:
-            views, self._history, self._views = self._views, [], []
-        self._log.children = ()
-        for view in views:
-            view.close()
+            self._entries = []
+        self._sync_log()
         self.status.value = status_html("cleared")
 
     def wait(self, timeout: Optional[float] = None) -> bool:
@@ -176,7 +221,7 @@ class ChatPanel(widgets.VBox):
         return self.chat_state is ChatState.IDLE
 
     def export_json(self, indent: Optional[int] = 2) -> str:
-        """The conversation (system prompt first) as a JSON list of {"role", "content"}."""
+        """The conversation (system prompt first, failed messages left out) as a JSON list of {"role", "content"}."""
         return json.dumps(self.messages, indent=indent, ensure_ascii=False)
 
     def load_json(self, text: str) -> None:
@@ -191,42 +236,44 @@ class ChatPanel(widgets.VBox):
         self.clear()
         has_system = bool(messages) and messages[0]["role"] == "system"
         self.system_prompt.value = messages.pop(0)["content"] if has_system else ""
-        for m in messages:
-            self._append({"role": m["role"], "content": m["content"]})
+        with self._lock:
+            self._entries = [_Entry({"role": m["role"], "content": m["content"]}) for m in messages]
+        self._sync_log()
         self.status.value = status_html(f"loaded {len(messages)} messages")
 
     # ------------------------------------------------------------------ internals
+    def _on_submit(self, text: str) -> bool:
+        """Enter or Send in the browser; False (the text goes back into the box) when a reply still streams."""
+        try:
+            self.send_message(text)
+        except Exception as exc:
+            self.status.value = status_html(f"error: {exc}", error=True)
+            return False
+        return True
+
     def _require_idle(self) -> None:
         if self.chat_state is not ChatState.IDLE:
             raise RuntimeError("a reply is still streaming: press Stop first")
 
-    def _append(self, message: dict, streaming: bool = False) -> widgets.HTML:
-        view = widgets.HTML(message_html(message["role"], message["content"], streaming))
-        with self._lock:
-            self._history.append(message)
-            self._views.append(view)
-            self._log.children = tuple(self._views)
-        return view
-
-    def _pop(self) -> dict:
-        with self._lock:
-            message = self._history.pop()
-            view = self._views.pop()
-            self._log.children = tuple(self._views)
-        view.close()
-        return message
-
-    def _start_reply(self) -> None:
-        params = self._base_params.updated(temperature=self.temperature.value, top_p=self.top_p.value,
-                                           max_tokens=self.max_tokens.value, n=1,
-                                           output_kind=RequestOutputKind.CUMULATIVE)
-        stream = self.llm.submit_chat(self.messages, params)  # in this thread: bad input raises here, id known
-        message = {"role": "assistant", "content": ""}
-        turn = _Turn(message, self._append(message, streaming=True), stream)
+    def _start_reply(self, user: _Entry) -> None:
+        try:
+            params = self._base_params.updated(temperature=self.temperature.value, top_p=self.top_p.value,
+                                               max_tokens=self.max_tokens.value, n=1,
+                                               output_kind=RequestOutputKind.CUMULATIVE)
+            stream = self.llm.submit_chat(self.messages, params)  # in this thread: bad input raises here
+        except Exception as exc:
+            user.failed, user.note = True, f"not sent: {exc}"
+            self._sync_log()
+            self.status.value = status_html(_advice(exc), error=True)
+            return
+        reply = _Entry({"role": "assistant", "content": ""})
+        turn = _Turn(user, reply, stream)
         turn.thread = threading.Thread(target=self._read_reply, args=(turn,), daemon=True, name="nbllm-chat-reply")
         with self._lock:
+            self._entries.append(reply)
             self._turn = turn
         self._set_state(ChatState.RUNNING)
+        self._sync_log()
         self.status.value = status_html("waiting for the first token...")
         turn.thread.start()
 
@@ -238,11 +285,11 @@ class ChatPanel(widgets.VBox):
             for output in turn.stream:
                 if turn.stop.is_set():
                     continue  # stopped: wait for the engine to end the request (and free its blocks)
-                turn.message["content"] = output.outputs[0].text
+                turn.reply.message["content"] = output.outputs[0].text
                 now = time.monotonic()
                 if now - last_update >= _UPDATE_INTERVAL_S and not output.finished and self._is_current(turn):
                     last_update = now
-                    turn.view.value = message_html("assistant", turn.message["content"], streaming=True)
+                    self.chat_log.live = turn.reply.html(streaming=True)
                     self.status.value = status_html(progress_text(output, now - started, "streaming"))
         except Exception as exc:  # shown in the panel: an exception in a thread would vanish
             error = exc
@@ -255,20 +302,35 @@ class ChatPanel(widgets.VBox):
         if not self._detach(turn):
             return  # stopped without an answer in time, or replaced: this reply is stale
         stopped = turn.stop.is_set() or (output is not None and output.outputs[0].finish_reason == "abort")
+        reply = turn.reply
         if error is not None:
-            state = f"error: {error!r}"
+            state = f"error: {error}"
+            turn.user.failed, turn.user.note = True, "no reply: left out of the conversation"
+            reply.failed, reply.note = True, f"failed: {error}"
         elif stopped:
-            state = "stopped"
+            state = reply.note = "stopped"
         else:
             reason = output.outputs[0].finish_reason if output else None
             state = "max tokens reached" if reason == "length" else "done"
-        if turn.message["content"]:
-            note = "" if state == "done" else state
-            turn.view.value = message_html("assistant", turn.message["content"], note=note)
-        elif self._history and self._history[-1] is turn.message:
-            self._pop()  # an empty reply would only confuse the next turn
-        self.status.value = status_html(progress_text(output, elapsed, state) if output else state,
-                                        error=error is not None)
+            reply.note = "" if state == "done" else state
+        if not reply.message["content"]:
+            with self._lock:  # an empty reply would only confuse the next turn
+                if self._entries and self._entries[-1] is reply:
+                    self._entries.pop()
+        self._sync_log()
+        text = progress_text(output, elapsed, state) if output is not None else state
+        self.status.value = status_html(_advice(error) if error is not None else text, error=error is not None)
+
+    def _sync_log(self) -> None:
+        """Show the entries: the one streaming (if any) as the log's live message, the others finished."""
+        with self._lock:
+            turn = self._turn
+            streaming = turn.reply if turn is not None and not turn.stop.is_set() else None
+            shown = [e.html() for e in self._entries if e is not streaming]
+            live = streaming.html(streaming=True) if streaming is not None else ""
+        with self.chat_log.hold_sync():  # one message to the browser: the reply never shows twice or not at all
+            self.chat_log.messages = shown
+            self.chat_log.live = live
 
     def _detach(self, turn: _Turn) -> bool:
         """Make the panel idle if `turn` is the current reply; False if it was not."""
@@ -284,7 +346,7 @@ class ChatPanel(widgets.VBox):
 
     def _set_state(self, state: ChatState) -> None:
         self.chat_state = state
-        self.send_button.disabled = state is not ChatState.IDLE
+        self.input.busy = state is not ChatState.IDLE
         self.stop_button.disabled = state is not ChatState.RUNNING
 
     def _guarded(self, handler: Callable[[Any], None]) -> Callable[[Any], None]:
@@ -295,3 +357,12 @@ class ChatPanel(widgets.VBox):
             except Exception as exc:
                 self.status.value = status_html(f"error: {exc}", error=True)
         return run
+
+
+def _advice(error: BaseException) -> str:
+    """The status line for a failed turn: what went wrong and what to do about it."""
+    if isinstance(error, InvalidParameter) and error.param == "prompt":
+        return (f"not sent: {error}. The message is marked failed and left out of the conversation: "
+                f"Undo puts it back into the box to shorten it, Clear starts a new conversation.")
+    return (f"failed: {error}. The exchange is marked failed and left out of the conversation: "
+            f"Regenerate tries it again, Undo puts the message back into the box.")

@@ -2,10 +2,15 @@
 
 The body is split at lines holding only `---` into prompts that run as one batch;
 `{name}` fills in a variable from the user namespace and `{{`/`}}` are literal
-braces. Text streams into one display that is updated in place; the result is a
-str for one prompt and completion, a list per prompt otherwise (a list of lists
-with n > 1). Beam search and the token-probability view are shown by the views
-that the engine's outputs bring (`_repr_html_`, `nbllm.views`).
+braces (`--raw` turns filling in off). Text streams into one display that is
+updated in place; an empty completion shows as "(empty completion)"; a footer
+under it gives each prompt's finish reason, tokens, tokens/s and time to first
+token, measured here so that every engine reports alike. The result is a str for
+one prompt and completion, a list per prompt otherwise (a list of lists with
+n > 1). An interrupt aborts the requests and keeps the text so far: the cell ends
+with one line, "interrupted after N tokens" (CellInterrupted). Beam search
+displays its tree as it grows (the engine streams the search so far), and the
+token-probability view is shown by nbllm.views.
 """
 
 from __future__ import annotations
@@ -13,21 +18,24 @@ from __future__ import annotations
 import re
 import string
 import time
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence
 
 from IPython.core.error import UsageError
 from IPython.display import DisplayHandle, Markdown, display
 
-from nbllm.batch import drain
+from nbllm.batch import drain, submit_all
 from nbllm.notebook.requests import engine_prompts, submit_prompts
 from nbllm.outputs import BeamSearchOutput, RequestOutput
 from nbllm.protocol import EngineClient
-from nbllm.sampling_params import BeamSearchParams, SamplingParams
+from nbllm.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams
+from nbllm.views.generate_view import EMPTY_COMPLETION, GenerationSummary, footer_html, footer_text
 
 FORMATS = ("text", "markdown", "code")
 _SEPARATOR = re.compile(r"^---[ \t]*$", re.MULTILINE)
 _FENCED_CODE = re.compile(r"```[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
 _UPDATE_INTERVAL_S = 0.1
+_BEAM_UPDATE_INTERVAL_S = 0.3  # a growing tree is redrawn whole: less often than text
 
 # ----------------------------------------------------------------------------- prompts
 
@@ -64,21 +72,79 @@ def interpolate(prompt: str, namespace: Mapping[str, Any]) -> str:
 # ----------------------------------------------------------------------------- streaming
 
 
-class LiveOutput:
-    """One display in the cell's output, updated in place (at most every 0.1 s while streaming)."""
+class CellInterrupted(KeyboardInterrupt):
+    """The user interrupted a generating cell: IPython shows this one line instead of a traceback.
 
-    def __init__(self, fmt: str) -> None:
+    It is still a KeyboardInterrupt, so the cell counts as failed and a Run All stops there.
+    """
+
+    def _render_traceback_(self) -> list[str]:
+        return [str(self)]
+
+
+@dataclass
+class PromptProgress:
+    """One prompt's timing as the cell saw it (monotonic seconds) and its completions' state."""
+
+    started: float
+    completions: int
+    first_token: Optional[float] = None
+    finished: Optional[float] = None
+    tokens: list[int] = field(default_factory=list)
+    reasons: list[Optional[str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.tokens = [0] * self.completions
+        self.reasons = [None] * self.completions
+
+    def take(self, output: RequestOutput, now: float) -> None:
+        for completion in output.outputs:
+            self.tokens[completion.index] = len(completion.token_ids)
+            self.reasons[completion.index] = completion.finish_reason
+        if self.first_token is None and any(self.tokens):
+            self.first_token = now
+        if output.finished:
+            self.finished = now
+
+    def summary(self) -> GenerationSummary:
+        end = self.finished if self.finished is not None else time.monotonic()
+        ttft = self.first_token - self.started if self.first_token is not None else None
+        return GenerationSummary([r or "unfinished" for r in self.reasons], sum(self.tokens), end - self.started, ttft)
+
+
+@dataclass
+class CellRun:
+    """What a streamed cell produced: texts per prompt and completion, final outputs, progress."""
+
+    texts: list[list[str]]
+    finals: list[RequestOutput]
+    progress: list[PromptProgress]
+    interrupted: bool = False
+
+    @property
+    def tokens(self) -> int:
+        return sum(sum(p.tokens) for p in self.progress)
+
+
+class LiveOutput:
+    """One display in the cell's output, updated in place (at most every `interval` seconds while streaming)."""
+
+    def __init__(self, fmt: str = "text", interval: float = _UPDATE_INTERVAL_S) -> None:
         self._markdown = fmt == "markdown"
+        self._interval = interval
         self._handle: Optional[DisplayHandle] = None
         self._last_update = 0.0
 
     def due(self) -> bool:
         """Whether an update now would be shown (callers skip building text that would not)."""
-        return self._handle is None or time.monotonic() - self._last_update >= _UPDATE_INTERVAL_S
+        return self._handle is None or time.monotonic() - self._last_update >= self._interval
 
     def show(self, text: str) -> None:
-        self._last_update = time.monotonic()
         obj, raw = (Markdown(text), False) if self._markdown else ({"text/plain": text}, True)
+        self.show_object(obj, raw)
+
+    def show_object(self, obj: Any, raw: bool = False) -> None:
+        self._last_update = time.monotonic()
         if self._handle is None:
             self._handle = display(obj, raw=raw, display_id=True)
         else:
@@ -86,37 +152,52 @@ class LiveOutput:
 
 
 def stream_into_output(llm: EngineClient, prompts: Sequence[str], params: SamplingParams, fmt: str,
-                       chat: bool = False, system: Optional[str] = None
-                       ) -> tuple[list[RequestOutput], list[list[str]]]:
-    """Run all prompts as one batch, streaming their text; returns the final outputs and texts.
+                       chat: bool = False, system: Optional[str] = None) -> CellRun:
+    """Run all prompts as one batch, streaming their text, then a footer; an interrupt ends it early.
 
     Leaving early (an interrupt, an error) aborts the prompts still running.
     """
     batch = submit_prompts(llm, prompts, params, chat, system)
-    live = LiveOutput(fmt)
-    texts = [[""] * params.n for _ in prompts]
+    started = time.monotonic()
+    run = CellRun([[""] * params.n for _ in prompts], [], [PromptProgress(started, params.n) for _ in prompts])
     finals: list[Optional[RequestOutput]] = [None] * len(prompts)
+    live = LiveOutput(fmt)
     live.show("")
-    for index, output in drain(batch):
-        for completion in output.outputs:
-            texts[index][completion.index] = completion.text
-        if output.finished:
-            finals[index] = output
-        if live.due():
-            live.show(render_texts(texts, fmt))
-    live.show(render_texts(texts, fmt))
-    return [f for f in finals if f is not None], texts
+    pairs = drain(batch)
+    try:
+        for index, output in pairs:
+            run.progress[index].take(output, time.monotonic())
+            for completion in output.outputs:
+                run.texts[index][completion.index] = completion.text
+            if output.finished:
+                finals[index] = output
+            if live.due():
+                live.show(render_texts(run.texts, fmt))
+    except KeyboardInterrupt:
+        run.interrupted = True
+    finally:
+        pairs.close()  # aborts what is unfinished (an interrupt may land outside the loop's wait)
+    run.finals = [f for f in finals if f is not None]
+    live.show(render_texts(run.texts, fmt, finished=True))
+    if not run.interrupted:
+        summaries = [p.summary() for p in run.progress]
+        display({"text/plain": footer_text(summaries), "text/html": footer_html(summaries)}, raw=True)
+    return run
 
 
-def render_texts(texts: list[list[str]], fmt: str) -> str:
-    """All completions in one text, labelled when there is more than one."""
+def render_texts(texts: list[list[str]], fmt: str, finished: bool = False) -> str:
+    """All completions in one text, labelled when there is more than one; once finished, an empty one
+    shows as "(empty completion)"."""
+    def shown(text: str) -> str:
+        return EMPTY_COMPLETION if finished and not text else text
+
     if len(texts) == 1 and len(texts[0]) == 1:
-        return texts[0][0]
+        return shown(texts[0][0])
     blocks = []
     for i, completions in enumerate(texts, 1):
         for j, text in enumerate(completions, 1):
             label = f"prompt {i}" + (f", completion {j}" if len(completions) > 1 else "")
-            blocks.append(f"**[{label}]**\n\n{text}" if fmt == "markdown" else f"[{label}]\n{text}")
+            blocks.append(f"**[{label}]**\n\n{shown(text)}" if fmt == "markdown" else f"[{label}]\n{shown(text)}")
     return "\n\n".join(blocks)
 
 
@@ -135,19 +216,50 @@ def code_of(text: str) -> str:
 # ----------------------------------------------------------------------------- beams and logprobs
 
 
+@dataclass
+class BeamRun:
+    """The beam searches of a cell: the last output of each (final unless interrupted)."""
+
+    outputs: list[BeamSearchOutput]
+    interrupted: bool = False
+
+    @property
+    def steps(self) -> int:
+        return max((o.tree.num_steps for o in self.outputs if o.tree is not None), default=0)
+
+
 def run_beam_search(llm: EngineClient, prompts: Sequence[str], beam_width: int, max_tokens: int, chat: bool,
-                    system: Optional[str]) -> list[BeamSearchOutput]:
-    """Beam search over all prompts; each output is displayed with its own view (its tree, where the engine has one)."""
+                    system: Optional[str]) -> BeamRun:
+    """Beam search over all prompts, each shown in its own display: the tree grows while it searches
+    (where the engine records one), then the final view. An interrupt keeps the search so far."""
     if not llm.capabilities.beam_search:
         raise UsageError(f"%%generate --beams: this engine ({type(llm).__name__}) does not do beam search "
                          f"(its capabilities.beam_search is False)")
-    params = BeamSearchParams(beam_width=beam_width, max_tokens=max_tokens)
-    outputs = list(llm.beam_search(engine_prompts(llm, prompts, chat, system), params))
+    params = BeamSearchParams(beam_width=beam_width, max_tokens=max_tokens, output_kind=RequestOutputKind.CUMULATIVE)
+    items = engine_prompts(llm, prompts, chat, system)
+    batch = submit_all(llm, len(items), lambda i, deliver: llm.submit_beam_search(items[i], params, deliver=deliver))
     if not llm.capabilities.beam_tree:
         print(f"(this engine ({type(llm).__name__}) reports no search tree: only the final beams are shown)")
-    for output in outputs:
-        display(output)
-    return outputs
+    views = [LiveOutput(interval=_BEAM_UPDATE_INTERVAL_S) for _ in items]
+    for view in views:
+        view.show(f"beam search (width {beam_width}): waiting for the first step...")
+    latest: list[Optional[BeamSearchOutput]] = [None] * len(items)
+    run = BeamRun([])
+    pairs = drain(batch)
+    try:
+        for index, output in pairs:
+            latest[index] = output
+            if output.finished or views[index].due():
+                views[index].show_object(output)
+    except KeyboardInterrupt:
+        run.interrupted = True
+    finally:
+        pairs.close()
+    run.outputs = [o for o in latest if o is not None]
+    for view, output in zip(views, latest):
+        if output is not None and not output.finished:
+            view.show_object(output)  # the search so far, as it was when interrupted
+    return run
 
 
 def show_token_probabilities(outputs: Sequence[RequestOutput]) -> None:

@@ -1,51 +1,77 @@
-"""KVCacheMonitor: a widget that shows the engine's KV cache live, a few times a second.
+"""KVCacheMonitor: the engine's KV cache live, a few times a second, as a small anywidget.
 
-A daemon thread polls `llm.get_stats()` (the only thing it reads) and sets one
-HTML trait; it never prints. While the engine is idle and nothing changes it
-neither records nor redraws. The thread stops on `stop()`/`close()` or when the
-engine shuts down (`llm.is_running` turns False). `history` keeps the recorded
-samples for `plot_kv_usage`. What the engine cannot report (`llm.capabilities`:
-no metrics at all, or no per-block states from a remote server) is said in the widget.
+The kernel sends numbers, the browser draws them (nbllm.views.kv_monitor_js). A
+daemon thread polls `llm.get_stats()` (the only thing it reads) and sets three
+traits: `series` (the last window of samples as columns), `grid` (one code per KV
+block: the request holding it, shared, cached or free) and `pool`; it never prints.
+Tokens/s is measured here, between two readings of the engine's generated-token
+count, so every value covers a real interval (the first reading has none and shows
+as "–"). While the engine is idle and nothing changes it neither records nor sends.
+The thread stops on `stop()`/`close()` or when the engine shuts down
+(`llm.is_running` turns False). `history` keeps the samples for `plot()`. What the
+engine cannot report (`llm.capabilities`: no metrics at all, or no per-block states
+from a remote server) is said in the widget's note.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-import ipywidgets as widgets
+import anywidget
+import traitlets
 
+from nbllm.metrics import MetricsSnapshot
 from nbllm.notebook.session import resolve_engine
 from nbllm.protocol import EngineClient
-from nbllm.views.kv_view import KVSample, monitor_html, note_html
+from nbllm.views.kv_monitor_js import KV_MONITOR_ESM
+from nbllm.views.kv_view import KVSample, grid_payload, pool_payload, series_payload
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 _JOIN_TIMEOUT_S = 5.0
 NO_METRICS = "this engine reports no metrics, so there is nothing to monitor"
-NO_BLOCK_STATES = "this engine reports no per-block states: the block grid stays empty"
+NO_BLOCK_STATES = "this engine reports no per-block states: there is no block grid"
+ENGINE_STOPPED = "the engine has shut down; monitor stopped"
 
 
-class KVCacheMonitor(widgets.VBox):
-    """Live KV usage chart (90% and 98% lines), block grid, requests, hit rate, preemptions, tokens/s."""
+class KVCacheMonitor(anywidget.AnyWidget):
+    """Live KV usage (auto-scaled), requests, tokens/s, prefix-cache hit rate, preemptions and the block grid."""
 
-    def __init__(self, llm: Optional[EngineClient] = None, interval: float = 0.25, max_samples: int = 4800) -> None:
+    _esm = KV_MONITOR_ESM
+    series = traitlets.Dict().tag(sync=True)
+    grid = traitlets.Dict().tag(sync=True)
+    pool = traitlets.Dict().tag(sync=True)
+    window_s = traitlets.Float(60.0).tag(sync=True)
+    note = traitlets.Unicode("").tag(sync=True)
+    note_is_error = traitlets.Bool(False).tag(sync=True)
+
+    def __init__(self, llm: Optional[EngineClient] = None, interval: float = 0.25, max_samples: int = 4800,
+                 window_s: float = 60.0) -> None:
         self._stop = threading.Event()  # first: close() (run by __del__ too) must work if __init__ fails
         self._thread: Optional[threading.Thread] = None
         if not interval > 0:
             raise ValueError(f"interval must be a positive number of seconds, got {interval!r}")
+        super().__init__(series=series_payload([], window_s), grid={}, pool={"blocks": 0, "block_size": 0,
+                                                                              "tokens": 0}, window_s=window_s)
         self.llm = resolve_engine(llm)
         self.interval = float(interval)
         self._samples: deque[KVSample] = deque(maxlen=max_samples)
-        self.view = widgets.HTML(note_html("starting..." if self.llm.capabilities.metrics else NO_METRICS))
-        super().__init__([self.view])
+        self._last_reading: Optional[tuple[float, int]] = None  # (timestamp, generation_tokens_total)
         self.add_class("nbllm-kv-monitor")
-        if self.llm.capabilities.metrics:
-            self._thread = threading.Thread(target=self._run, name="nbllm-kv-monitor", daemon=True)
-            self._thread.start()
+        if not self.llm.capabilities.metrics:
+            self.note = NO_METRICS
+            return
+        self._standing_note = "" if self.llm.capabilities.block_states else NO_BLOCK_STATES
+        self.note = self._standing_note
+        self._thread = threading.Thread(target=self._run, name="nbllm-kv-monitor", daemon=True)
+        self._thread.start()
 
     @property
     def history(self) -> list[KVSample]:
-        """The samples recorded so far (oldest first), for `plot_kv_usage`."""
+        """The samples recorded so far (oldest first), for `plot()` and `plot_kv_usage`."""
         return list(self._samples)
 
     @property
@@ -53,17 +79,27 @@ class KVCacheMonitor(widgets.VBox):
         return self._thread is not None and self._thread.is_alive()
 
     def update(self) -> bool:
-        """Take one sample and redraw if anything changed; True if it redrew."""
+        """Take one reading and send it if anything changed; True if it sent."""
         snapshot = self.llm.get_stats()
-        sample = KVSample.from_snapshot(snapshot)
+        sample = KVSample.from_snapshot(snapshot, self._tokens_per_second(snapshot))
         last: Optional[KVSample] = self._samples[-1] if self._samples else None
         if last is not None and sample.same_state(last) and not (sample.num_requests_running
                                                                    or sample.num_requests_waiting):
             return False
         self._samples.append(sample)
-        picture = monitor_html(snapshot, self._samples)
-        self.view.value = picture if self.llm.capabilities.block_states else picture + note_html(NO_BLOCK_STATES)
+        with self.hold_sync():  # one message per reading
+            self.pool = pool_payload(snapshot)
+            self.series = series_payload(self._samples, self.window_s)
+            if self.llm.capabilities.block_states:
+                self.grid = grid_payload(snapshot)
         return True
+
+    def plot(self) -> "Figure":
+        """The recorded history as a static matplotlib figure (for export): usage, requests, tokens/s,
+        hit rate and preemptions."""
+        from nbllm.views.kv_plot import plot_kv_history
+
+        return plot_kv_history(self.history)
 
     def stop(self) -> None:
         """Stop updating (the picture stays as it was)."""
@@ -75,13 +111,23 @@ class KVCacheMonitor(widgets.VBox):
         self.stop()
         super().close()
 
+    def _tokens_per_second(self, snapshot: MetricsSnapshot) -> Optional[float]:
+        """Generated tokens per second since the previous reading; None for the first one."""
+        reading = (snapshot.timestamp, snapshot.generation_tokens_total)
+        previous, self._last_reading = self._last_reading, reading
+        if previous is None or reading[0] <= previous[0]:
+            return None
+        return max(0.0, (reading[1] - previous[1]) / (reading[0] - previous[0]))
+
     def _run(self) -> None:
         while not self._stop.is_set():
             if not self.llm.is_running:
-                self.view.value = self.view.value + note_html("the engine has shut down; monitor stopped")
+                self.note, self.note_is_error = ENGINE_STOPPED, False
                 return
             try:
                 self.update()
+                if self.note_is_error:  # the engine answers again
+                    self.note, self.note_is_error = self._standing_note, False
             except Exception as exc:  # shown in the widget: an exception in a thread would vanish
-                self.view.value = note_html(f"could not read the engine's metrics: {exc!r}", error=True)
+                self.note, self.note_is_error = f"could not read the engine's metrics: {exc!r}", True
             self._stop.wait(self.interval)

@@ -170,7 +170,8 @@ class NbllmMagics(Magics):
     @argument("--logprobs", type=int, nargs="?", const=5, default=None, metavar="K",
               help="show the token-probability view (top K alternatives, default 5)")
     @argument("--format", choices=generate_cell.FORMATS, default="text", help="how to show the text")
-    @argument("--out", default=None, metavar="NAME", help="store the result in this variable")
+    @argument("--out", default=None, metavar="NAME", help="store the result in this variable (not shown again)")
+    @argument("--raw", action="store_true", help="send the body as written: no {name} filling in")
     @argument("--llm", default=None, metavar="NAME", help="a variable holding the engine to use")
     @cell_magic
     def generate(self, line: str, cell: str) -> Any:
@@ -181,8 +182,9 @@ class NbllmMagics(Magics):
             raise UsageError(f"%%generate: --out needs a variable name, got {args.out!r}\n\n{parser.format_help()}")
         if args.beams is not None and (args.n not in (None, 1) or args.logprobs is not None):
             raise UsageError(f"%%generate: --beams cannot be combined with -n or --logprobs\n\n{parser.format_help()}")
-        namespace = self.shell.user_ns
-        prompts = [generate_cell.interpolate(p, namespace) for p in generate_cell.split_prompts(cell)]
+        prompts = generate_cell.split_prompts(cell)
+        if not args.raw:
+            prompts = [generate_cell.interpolate(p, self.shell.user_ns) for p in prompts]
         llm = self._engine_named(args.llm)
         if args.logprobs is not None and not llm.capabilities.logprobs:
             raise UsageError(f"%%generate --logprobs: this engine ({type(llm).__name__}) returns no logprobs "
@@ -191,22 +193,27 @@ class NbllmMagics(Magics):
         max_tokens = DEFAULT_MAX_TOKENS if args.max_tokens is None else args.max_tokens
         if args.beams is not None:
             try:
-                outputs = generate_cell.run_beam_search(llm, prompts, args.beams, max_tokens, chat, args.system)
+                beams = generate_cell.run_beam_search(llm, prompts, args.beams, max_tokens, chat, args.system)
             except (ValueError, TypeError) as exc:
                 raise UsageError(f"%%generate: {exc}\n\n{parser.format_help()}") from None
-            result: Any = outputs[0] if len(outputs) == 1 else outputs
-        else:
-            params = self._sampling_params(llm, args, max_tokens, parser)
-            finals, texts = generate_cell.stream_into_output(llm, prompts, params, args.format, chat, args.system)
-            if args.logprobs is not None:
-                generate_cell.show_token_probabilities(finals)
-            if args.format == "code":
-                self.shell.set_next_input(generate_cell.code_of(texts[0][0]), replace=False)
-            result = generate_cell.result_value(texts)
-        if args.out is None:
+            self._store(args.out, beams.outputs[0] if len(beams.outputs) == 1 else beams.outputs)
+            if beams.interrupted:
+                raise generate_cell.CellInterrupted(_interrupted(f"{beams.steps} steps", args.out))
             return None
-        namespace[args.out] = result
-        return result
+        params = self._sampling_params(llm, args, max_tokens, parser)
+        run = generate_cell.stream_into_output(llm, prompts, params, args.format, chat, args.system)
+        self._store(args.out, generate_cell.result_value(run.texts))
+        if run.interrupted:
+            raise generate_cell.CellInterrupted(_interrupted(f"{run.tokens} tokens", args.out))
+        if args.logprobs is not None:
+            generate_cell.show_token_probabilities(run.finals)
+        if args.format == "code":
+            self.shell.set_next_input(generate_cell.code_of(run.texts[0][0]), replace=False)
+        return None  # the text is shown once, streamed; --out keeps it without an Out[] echo
+
+    def _store(self, name: Optional[str], value: Any) -> None:
+        if name is not None:
+            self.shell.user_ns[name] = value
 
     def _engine_named(self, name: Optional[str]) -> EngineClient:
         if name is None:
@@ -228,6 +235,11 @@ class NbllmMagics(Magics):
             return llm.get_default_sampling_params().updated(**changes)
         except (ValueError, TypeError) as exc:
             raise UsageError(f"%%generate: {exc}\n\n{parser.format_help()}") from None
+
+
+def _interrupted(progress: str, out: Optional[str]) -> str:
+    kept = f"; the text so far is in {out}" if out else ""
+    return f"interrupted after {progress}{kept}"
 
 
 def _unescape(text: str) -> str:

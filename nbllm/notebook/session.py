@@ -2,7 +2,8 @@
 
 Every notebook feature (magics, chat panels, the DataFrame accessor, the KV
 monitor) asks `resolve_engine()` for the engine unless given one explicitly.
-The first request loads the default model. The session shuts down only engines it
+The first request loads the default model, saying so in the cell while it loads
+(loading.py). The session shuts down only engines it
 loaded itself; an engine handed in with `set_engine` stays its owner's to close.
 An engine is any EngineClient: an LLM, or a RemoteLLM standing in for one.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+from nbllm.notebook.loading import loading_notice
 from nbllm.protocol import EngineClient
 
 _SHELL_ATTRIBUTE = "_nbllm_session"
@@ -30,10 +32,18 @@ class EngineSession:
         return self._engine
 
     def get_engine(self) -> EngineClient:
-        """The current engine; loads the default model on first use."""
+        """The current engine; loads the default model on first use (with a "loading…" line in the cell)."""
         if self._engine is None:
-            return self.load()
+            with loading_notice(self._default_model_name()):
+                return self.load()
         return self._engine
+
+    def _default_model_name(self) -> str:
+        if self._factory is not None:
+            return "the default model"
+        from nbllm.llm import DEFAULT_MODEL_NAME  # the engine is about to load: importing it costs nothing extra
+
+        return DEFAULT_MODEL_NAME
 
     def load(self, model: Optional[str] = None, **engine_kwargs: Any) -> EngineClient:
         """Load `model` (None: the default) as the kernel's engine, replacing the current one."""

@@ -8,18 +8,18 @@ Each script body runs inside a function of `root`, the view's own element.
 """
 
 TOOLTIP_CSS = """
-.nbllm-tip { position: absolute; display: none; z-index: 1000; pointer-events: none; max-width: 520px;
+.nbllm-tip { position: fixed; z-index: 10000; pointer-events: none; max-width: 520px;
   background: #fff; color: #111; border: 1px solid #888; border-radius: 4px; padding: 4px 7px;
   box-shadow: 0 2px 8px rgba(0,0,0,.25); font: 11px/1.4 "DejaVu Sans Mono", Menlo, Consolas, monospace;
   white-space: pre; text-align: left; }
 """
 
 # Moves every title (SVG <title> child or title attribute) into data-tip, so the browser's
-# own tooltip does not double the styled one, then shows data-tip on hover, inside the view.
+# own tooltip does not double the styled one, then shows data-tip on hover. The tip lives on
+# the page's body with a fixed position, so no output area clips it and the view never grows:
+# below the element, or above it where the window ends first, always inside the window.
 TOOLTIP_JS = """
-var tip = document.createElement("div");
-tip.className = "nbllm-tip";
-root.appendChild(tip);
+var tip = null;
 root.querySelectorAll("title").forEach(function (t) {
   t.parentNode.setAttribute("data-tip", t.textContent);
   t.parentNode.removeChild(t);
@@ -28,17 +28,23 @@ root.querySelectorAll("[title]").forEach(function (el) {
   el.setAttribute("data-tip", el.getAttribute("title"));
   el.removeAttribute("title");
 });
+function hideTip() {
+  if (tip) { tip.remove(); tip = null; }
+}
 function showTip(el) {
+  if (!tip) {
+    tip = document.createElement("div");
+    tip.className = "nbllm-tip";
+    tip.setAttribute("data-for", root.id);
+    document.body.appendChild(tip);
+  }
   tip.textContent = el.getAttribute("data-tip");
-  tip.style.display = "block";
-  var r = root.getBoundingClientRect(), b = el.getBoundingClientRect();
-  var w = tip.offsetWidth, h = tip.offsetHeight;
-  var left = Math.max(0, Math.min(b.left - r.left, root.clientWidth - w));
-  var top = b.bottom - r.top + 4;
-  if (top + h > root.clientHeight && b.top - r.top - h - 4 >= 0) top = b.top - r.top - h - 4;
-  // Output areas clip what overflows them: grow the view (once, by what is missing) to hold the tip.
-  var missing = top + h + 2 - root.clientHeight;
-  if (missing > 0) root.style.paddingBottom = (parseFloat(root.style.paddingBottom) || 0) + missing + "px";
+  var b = el.getBoundingClientRect(), w = tip.offsetWidth, h = tip.offsetHeight, margin = 4;
+  var vw = document.documentElement.clientWidth, vh = document.documentElement.clientHeight;
+  var left = Math.max(margin, Math.min(b.left, vw - w - margin));
+  var top = b.bottom + margin;
+  if (top + h > vh - margin) top = b.top - h - margin;  // no room below: above the element
+  top = Math.max(margin, Math.min(top, vh - h - margin));
   tip.style.left = left + "px";
   tip.style.top = top + "px";
 }
@@ -48,8 +54,9 @@ root.addEventListener("mouseover", function (e) {
 });
 root.addEventListener("mouseout", function (e) {
   var el = e.target.closest("[data-tip]");
-  if (el && !el.contains(e.relatedTarget)) tip.style.display = "none";
+  if (el && !el.contains(e.relatedTarget)) hideTip();
 });
+window.addEventListener("scroll", hideTip, true);
 """
 
 BEAM_CSS = """
@@ -68,8 +75,8 @@ BEAM_CSS = """
 .nbb-more:hover text { fill: #000; }
 .nbb.nbb-hide-dead .nbb-dead { display: none; }
 .nbb button { font: inherit; margin-left: 10px; padding: 0 8px; cursor: pointer; }
-.nbb-card { position: absolute; z-index: 50; background: #fff; border: 1px solid #888; border-radius: 4px;
-  padding: 4px 7px; box-shadow: 0 2px 8px rgba(0,0,0,.25); white-space: pre; cursor: pointer;
+.nbb-pruned { display: none; margin-top: 6px; background: #fafafa; border: 1px solid #c8c8c8; border-radius: 4px;
+  padding: 4px 7px; white-space: pre; cursor: pointer; overflow-x: auto;
   font: 11px/1.4 "DejaVu Sans Mono", Menlo, Consolas, monospace; }
 .nbb .nbb-tbl { border-collapse: collapse; margin-top: 6px; border: none; }
 .nbb .nbb-tbl td, .nbb .nbb-tbl th { padding: 1px 8px; border: none; border-bottom: 1px solid #eee; background: none;
@@ -79,25 +86,25 @@ BEAM_CSS = """
   word-break: break-all; }
 """
 
-# Extras: a pruned-candidates marker expands into a card listing them (click again to
-# close), and a button hides the branches that lead to no final sequence.
+# Extras: a pruned-candidates marker lists them under the tree, where they cover no node (click
+# the marker again, or the list, to close it), and a button hides the branches that lead to no
+# final sequence.
 BEAM_JS = """
-var canvas = root.querySelector(".nbb-canvas");
+var list = root.querySelector(".nbb-pruned");
 root.addEventListener("click", function (e) {
-  var card = e.target.closest(".nbb-card");
-  if (card) { card.parentNode.removeChild(card); return; }
+  if (e.target.closest(".nbb-pruned")) { list.style.display = "none"; list.removeAttribute("data-for"); return; }
   var more = e.target.closest(".nbb-more");
   if (!more) return;
-  var open = canvas.querySelector('.nbb-card[data-for="' + more.getAttribute("data-parent") + '"]');
-  if (open) { open.parentNode.removeChild(open); return; }
-  card = document.createElement("div");
-  card.className = "nbb-card";
-  card.setAttribute("data-for", more.getAttribute("data-parent"));
-  card.textContent = more.getAttribute("data-tip");
-  card.style.left = more.getAttribute("data-x") + "px";
-  card.style.top = more.getAttribute("data-y") + "px";
-  canvas.appendChild(card);
-  tip.style.display = "none";
+  var parent = more.getAttribute("data-parent");
+  if (list.getAttribute("data-for") === parent) {
+    list.style.display = "none";
+    list.removeAttribute("data-for");
+    return;
+  }
+  list.setAttribute("data-for", parent);
+  list.textContent = more.getAttribute("data-tip");
+  list.style.display = "block";
+  hideTip();
 });
 if (root.querySelector(".nbb-dead")) {
   var button = document.createElement("button");
@@ -139,6 +146,16 @@ CHAT_CSS = """
 .nbllm-chat .nbllm-msg th, .nbllm-chat .nbllm-msg td { border: 1px solid var(--jp-border-color2, #ccc);
   padding: 2px 8px; text-align: left; }
 .nbllm-chat .nbllm-note { font-size: 11px; opacity: 0.6; font-style: italic; }
+.nbllm-chat .nbllm-note.nbllm-error { opacity: 1; font-style: normal; }
+.nbllm-chat .nbllm-failed { border: 1px dashed var(--jp-error-color1, #b00020); }
+.nbllm-chat .nbllm-failed > :not(.nbllm-note):not(.nbllm-role) { opacity: 0.55; }
 .nbllm-chat .nbllm-status { font-size: 12px; opacity: 0.8; }
 .nbllm-chat .nbllm-error { color: var(--jp-error-color1, #b00020); }
+.nbllm-chat .nbllm-log { overflow-y: auto; overflow-x: hidden; padding-right: 4px; }
+.nbllm-chat .nbllm-msg pre.nbllm-has-bar { position: relative; padding-top: 22px; }
+.nbllm-chat .nbllm-code-bar { position: absolute; top: 2px; right: 4px; display: flex; gap: 4px; }
+.nbllm-chat .nbllm-code-button { font: 11px/1.4 var(--jp-ui-font-family, sans-serif); padding: 0 6px;
+  cursor: pointer; border: 1px solid var(--jp-border-color1, #bbb); border-radius: 3px;
+  background: var(--jp-layout-color1, #fff); color: var(--jp-ui-font-color1, #222); }
+.nbllm-is-dead > :not(.nbllm-dead) { opacity: 0.45; pointer-events: none; }
 """

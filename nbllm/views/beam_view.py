@@ -5,16 +5,19 @@ Every kept or finished candidate is a box holding its token, joined to its paren
 by an edge whose colour and width grow with the token's probability; branches that
 reach no final sequence are grey; finished (EOS) boxes are green with a bar at
 their end; the final sequences are underlaid in orange, strongest for #1 (final
-rank 0), and labelled "#k" at their end. Pruned candidates are collapsed into one
+rank 0), and labelled "#k" at their end. The prompt's box is wide enough for its
+end (up to PROMPT_LABEL_CHARS characters). Pruned candidates are collapsed into one
 "+N" marker under their parent. Hovering a box or marker shows its details (an SVG
 <title>, turned into a styled tooltip where scripts run); clicking a marker lists
-its pruned candidates. Nothing refers to any URL, and element ids are unique per
-call, so several views can share a notebook.
+its pruned candidates under the tree, where the list covers no node. A search still
+running (`searching=True`) says so in its header. Nothing refers to any URL, and
+element ids are unique per call, so several views can share a notebook.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Union
 
 from nbllm.beam_tree import FINISHED, BeamNode, BeamTree
@@ -24,19 +27,41 @@ from nbllm.views.html_text import NO_MATH, esc, mix, prob, shorten, unique_id, v
 
 COL_W, BOX_W, BOX_H, ROW_H, PAD = 104, 72, 18, 30, 14
 LABEL_CHARS = 9
+PROMPT_LABEL_CHARS = 32
+CHAR_W = 6.7  # px per character of the 11px monospace labels
 LIVE_LOW, LIVE_HIGH = "#c6dbef", "#08306b"
 DEAD_LOW, DEAD_HIGH = "#e4e4e4", "#8a8a8a"
 FINAL, FINISHED_GREEN = "#f28e2b", "#31a354"
 
 
-def beam_tree_html(tree: BeamTree) -> str:
+@dataclass(frozen=True)
+class _Geometry:
+    """Where things go: the layout's rows, and the prompt's box width (later columns move right by the excess)."""
+
+    layout: BeamLayout
+    root_w: float
+
+    def xy(self, node: BeamNode) -> tuple[float, float]:
+        """Top-left corner of the node's box."""
+        x = PAD + node.step * COL_W + (self.root_w - BOX_W if node.step else 0)
+        return x, PAD + self.layout.rows[node.node_id] * ROW_H
+
+    def width(self, node: BeamNode) -> float:
+        return self.root_w if node.parent_id is None else BOX_W
+
+
+def beam_tree_html(tree: BeamTree, searching: bool = False) -> str:
     """The interactive view of `tree` as an HTML fragment (what a notebook displays)."""
     layout = layout_beam_tree(tree)
+    roots = [n for n in tree.nodes if n.parent_id is None]
+    root_w = max([BOX_W] + [min(CHAR_W * len(_label(n)) + 12, CHAR_W * PROMPT_LABEL_CHARS + 12) for n in roots])
+    geo = _Geometry(layout, root_w)
     element_id = unique_id("nbllm-beam")
     script = f"(function (root) {{{TOOLTIP_JS}{BEAM_JS}}})(document.getElementById(\"{element_id}\"));"
     return (f'<div class="nbb {NO_MATH}" id="{element_id}"><style>{TOOLTIP_CSS}{BEAM_CSS}</style>'
-            f'<div class="nbb-head">{_summary(tree)}</div>{_LEGEND}'
-            f'<div class="nbb-scroll"><div class="nbb-canvas">{_svg(tree, layout)}</div></div>'
+            f'<div class="nbb-head">{_summary(tree, searching)}</div>{_LEGEND}'
+            f'<div class="nbb-scroll"><div class="nbb-canvas">{_svg(tree, geo)}</div></div>'
+            f'<div class="nbb-pruned" title="click to close"></div>'
             f'{_sequence_table(tree)}<script>{script}</script></div>')
 
 
@@ -50,11 +75,12 @@ def save_beam_tree_html(tree: BeamTree, path: Union[str, os.PathLike]) -> None:
 
 
 # ----------------------------------------------------------------- header and footer
-def _summary(tree: BeamTree) -> str:
+def _summary(tree: BeamTree, searching: bool) -> str:
     counts = {status: 0 for status in ("kept", "pruned", "finished")}
     for node in tree.nodes[1:]:
         counts[node.status] = counts.get(node.status, 0) + 1
-    return (f"<b>Beam search</b> · width {tree.beam_width} · {tree.num_steps} steps · "
+    state = " · <i>searching…</i>" if searching else ""
+    return (f"<b>Beam search</b>{state} · width {tree.beam_width} · {tree.num_steps} steps · "
             f"{len(tree.nodes) - 1} candidates ({counts['kept']} kept, {counts['finished']} finished, "
             f"{counts['pruned']} pruned) · length penalty {tree.length_penalty:g}")
 
@@ -66,7 +92,7 @@ _LEGEND = (
     f'<span><i class="nbb-sw" style="background:{FINAL}"></i>final sequences (#1 strongest)</span>'
     f'<span><i class="nbb-sw" style="background:#e5f5e0;border:1px solid {FINISHED_GREEN}"></i>finished (EOS)</span>'
     f'<span><i class="nbb-sw" style="background:#c8c8c8"></i>dead branch</span>'
-    '<span><b style="color:#888">+N</b> pruned candidates (hover: list; click: expand)</span>'
+    '<span><b style="color:#888">+N</b> pruned candidates (hover: list; click: list them below)</span>'
     '</div>')
 
 
@@ -87,55 +113,53 @@ def _sequence_table(tree: BeamTree) -> str:
 
 
 # ----------------------------------------------------------------- the SVG
-def _svg(tree: BeamTree, layout: BeamLayout) -> str:
-    width = PAD * 2 + tree.num_steps * COL_W + BOX_W + 30
+def _svg(tree: BeamTree, geo: _Geometry) -> str:
+    layout = geo.layout
+    width = PAD * 2 + tree.num_steps * COL_W + geo.root_w + 30
     height = PAD * 2 + int(layout.num_rows * ROW_H)
     placed = [n for n in tree.nodes if n.node_id in layout.rows]
     halos = sorted((n for n in placed if n.node_id in layout.final_rank and n.parent_id is not None),
                    key=lambda n: -layout.final_rank[n.node_id])
-    parts = [f'<svg class="nbb-svg" width="{width}" height="{height}" font-family="monospace" font-size="11">']
-    parts += [_halo(tree, layout, n) for n in halos]
-    parts += [_edge(tree, layout, n) for n in placed if n.parent_id is not None]
-    parts += [_pruned_marker(layout, tree.nodes[p], group) for p, group in layout.pruned.items()]
-    parts += [_box(tree, layout, n) for n in placed]
+    parts = [f'<svg class="nbb-svg" width="{width:.0f}" height="{height}" font-family="monospace" font-size="11">']
+    parts += [_halo(tree, geo, n) for n in halos]
+    parts += [_edge(tree, geo, n) for n in placed if n.parent_id is not None]
+    parts += [_pruned_marker(geo, tree.nodes[p], group) for p, group in layout.pruned.items()]
+    parts += [_box(geo, n) for n in placed]
     parts.append("</svg>")
     return "".join(parts)
 
 
-def _xy(layout: BeamLayout, node: BeamNode) -> tuple[float, float]:
-    """Top-left corner of the node's box."""
-    return PAD + node.step * COL_W, PAD + layout.rows[node.node_id] * ROW_H
-
-
-def _curve(tree: BeamTree, layout: BeamLayout, node: BeamNode) -> str:
-    px, py = _xy(layout, tree.nodes[node.parent_id])
-    x, y = _xy(layout, node)
-    x1, y1, y2 = px + BOX_W, py + BOX_H / 2, y + BOX_H / 2
+def _curve(tree: BeamTree, geo: _Geometry, node: BeamNode) -> str:
+    parent = tree.nodes[node.parent_id]
+    px, py = geo.xy(parent)
+    x, y = geo.xy(node)
+    x1, y1, y2 = px + geo.width(parent), py + BOX_H / 2, y + BOX_H / 2
     mid = (x1 + x) / 2
     return f"M{x1:.1f} {y1:.1f}C{mid:.1f} {y1:.1f} {mid:.1f} {y2:.1f} {x:.1f} {y2:.1f}"
 
 
-def _halo(tree: BeamTree, layout: BeamLayout, node: BeamNode) -> str:
-    rank = layout.final_rank[node.node_id]
+def _halo(tree: BeamTree, geo: _Geometry, node: BeamNode) -> str:
+    rank = geo.layout.final_rank[node.node_id]
     opacity = max(0.18, 0.85 - 0.14 * rank)
     width = 9 if rank == 0 else 6
-    return (f'<path d="{_curve(tree, layout, node)}" fill="none" stroke="{FINAL}" stroke-opacity="{opacity:.2f}" '
+    return (f'<path d="{_curve(tree, geo, node)}" fill="none" stroke="{FINAL}" stroke-opacity="{opacity:.2f}" '
             f'stroke-width="{width}" stroke-linecap="round"/>')
 
 
-def _edge(tree: BeamTree, layout: BeamLayout, node: BeamNode) -> str:
+def _edge(tree: BeamTree, geo: _Geometry, node: BeamNode) -> str:
     p = prob(node.logprob)
-    dead = layout.is_dead(node)
+    dead = geo.layout.is_dead(node)
     colour = mix(DEAD_LOW, DEAD_HIGH, p) if dead else mix(LIVE_LOW, LIVE_HIGH, p)
     classes = ' class="nbb-dead"' if dead else ""
-    return (f'<path{classes} d="{_curve(tree, layout, node)}" fill="none" stroke="{colour}" '
+    return (f'<path{classes} d="{_curve(tree, geo, node)}" fill="none" stroke="{colour}" '
             f'stroke-width="{1 + 2.5 * p:.2f}"/>')
 
 
-def _box(tree: BeamTree, layout: BeamLayout, node: BeamNode) -> str:
-    x, y = _xy(layout, node)
-    dead = layout.is_dead(node)
-    rank = layout.final_rank.get(node.node_id)
+def _box(geo: _Geometry, node: BeamNode) -> str:
+    x, y = geo.xy(node)
+    w = geo.width(node)
+    dead = geo.layout.is_dead(node)
+    rank = geo.layout.final_rank.get(node.node_id)
     fill, stroke, ink = "#ffffff", "#6baed6", "#1a1a1a"
     if node.parent_id is None:
         fill, stroke = "#f0f0f0", "#555555"
@@ -148,22 +172,23 @@ def _box(tree: BeamTree, layout: BeamLayout, node: BeamNode) -> str:
     classes = "nbb-node nbb-dead" if dead else "nbb-node"
     parts = [f'<g class="{classes}" data-node="{node.node_id}" transform="translate({x:.1f},{y:.1f})">'
              f'<title>{esc(_node_tip(node, rank))}</title>'
-             f'<rect width="{BOX_W}" height="{BOX_H}" rx="4" fill="{fill}" stroke="{stroke}"/>'
-             f'<text x="{BOX_W / 2}" y="13" text-anchor="middle" fill="{ink}">{esc(_label(node))}</text>']
+             f'<rect width="{w:.1f}" height="{BOX_H}" rx="4" fill="{fill}" stroke="{stroke}"/>'
+             f'<text x="{w / 2:.1f}" y="13" text-anchor="middle" fill="{ink}" xml:space="preserve">'
+             f'{esc(_label(node))}</text>']
     if node.status == FINISHED:
-        parts.append(f'<rect x="{BOX_W - 4}" y="2" width="3" height="{BOX_H - 4}" fill="{FINISHED_GREEN}"/>')
+        parts.append(f'<rect x="{w - 4:.1f}" y="2" width="3" height="{BOX_H - 4}" fill="{FINISHED_GREEN}"/>')
     if node.final_rank is not None:
-        parts.append(f'<text x="{BOX_W + 4}" y="13" fill="{FINAL}" font-weight="bold">#{node.final_rank + 1}</text>')
+        parts.append(f'<text x="{w + 4:.1f}" y="13" fill="{FINAL}" font-weight="bold">#{node.final_rank + 1}</text>')
     parts.append("</g>")
     return "".join(parts)
 
 
 def _label(node: BeamNode) -> str:
-    """The token as it fits in a box; the prompt shows its end, where generation starts."""
-    shown = visible(node.token_text)
-    if node.parent_id is None and len(shown) > LABEL_CHARS:
-        return "…" + shown[-(LABEL_CHARS - 1):]
-    return shorten(shown, LABEL_CHARS)
+    """The token as it fits in a box; the prompt (spaces kept) shows its end, where generation starts."""
+    if node.parent_id is None:
+        shown = visible(node.token_text, keep_spaces=True)
+        return shown if len(shown) <= PROMPT_LABEL_CHARS else "…" + shown[-(PROMPT_LABEL_CHARS - 1):]
+    return shorten(visible(node.token_text), LABEL_CHARS)
 
 
 def _node_tip(node: BeamNode, final_rank: int | None) -> str:
@@ -180,14 +205,14 @@ def _node_tip(node: BeamNode, final_rank: int | None) -> str:
     return "\n".join(lines)
 
 
-def _pruned_marker(layout: BeamLayout, parent: BeamNode, group: list[BeamNode]) -> str:
-    x, y = _xy(layout, parent)
+def _pruned_marker(geo: _Geometry, parent: BeamNode, group: list[BeamNode]) -> str:
+    x, y = geo.xy(parent)
     lines = [f"{len(group)} pruned candidates after '{shorten(visible(parent.token_text), 24)}' (step {parent.step}):"]
     lines += [f"{visible(n.token_text):<10} p {prob(n.logprob):.4f}  logprob {n.logprob:7.3f}  rank {n.rank!s:>2}  "
               f"score {n.score:.4f}" for n in group]
-    dead = " nbb-dead" if layout.is_dead(parent) else ""
+    dead = " nbb-dead" if geo.layout.is_dead(parent) else ""
     top = y + BOX_H + 1
-    return (f'<g class="nbb-more{dead}" data-parent="{parent.node_id}" data-count="{len(group)}" '
-            f'data-x="{x:.0f}" data-y="{top + 11:.0f}"><title>{esc(chr(10).join(lines))}</title>'
+    return (f'<g class="nbb-more{dead}" data-parent="{parent.node_id}" data-count="{len(group)}">'
+            f'<title>{esc(chr(10).join(lines))}</title>'
             f'<rect x="{x:.1f}" y="{top:.1f}" width="30" height="10" fill="#ffffff" fill-opacity="0"/>'
             f'<text x="{x + 2:.1f}" y="{top + 8.5:.1f}" font-size="9" fill="#8c8c8c">+{len(group)}</text></g>')

@@ -17,12 +17,14 @@ STYLESHEET = f"<style>{CHAT_CSS}</style>"
 _CURSOR = "\u258d"
 
 
-def message_html(role: str, content: str, streaming: bool = False, note: str = "") -> str:
-    """One message bubble; `streaming` adds a cursor, `note` a small remark (e.g. "stopped")."""
+def message_html(role: str, content: str, streaming: bool = False, note: str = "", failed: bool = False) -> str:
+    """One message bubble; `streaming` adds a cursor, `note` a small remark (e.g. "stopped");
+    a `failed` message (never sent again) is crossed out, its note shown as an error."""
     text = content + _CURSOR if streaming else content  # inside the text, so it ends the last line
     body = render_markdown(text) if role == "assistant" else esc(text)
-    remark = f'<div class="nbllm-note">{esc(note)}</div>' if note else ""
-    return (f'<div class="nbllm-msg nbllm-{esc(role)}"><div class="nbllm-role">{esc(role)}</div>'
+    remark = f'<div class="nbllm-note{" nbllm-error" if failed else ""}">{esc(note)}</div>' if note else ""
+    state = " nbllm-failed" if failed else ""
+    return (f'<div class="nbllm-msg nbllm-{esc(role)}{state}"><div class="nbllm-role">{esc(role)}</div>'
             f"{body}{remark}</div>")
 
 

@@ -17,8 +17,9 @@ from nbllm.views.beam_view import beam_tree_html
 
 
 def beam_output_html(output: BeamSearchOutput) -> Optional[str]:
-    """The output's search tree as the beam view; None (the plain repr) when it has no tree."""
-    return beam_tree_html(output.tree) if output.tree is not None else None
+    """The output's search tree as the beam view (marked "searching…" while unfinished); None (the plain
+    repr) when it has no tree."""
+    return beam_tree_html(output.tree, searching=not output.finished) if output.tree is not None else None
 
 
 def register_formatters(ip: Any = None) -> None:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import sys
+import time
 import types
 
 import pytest
 from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
-from nb_fakes import FailingAfterFirstOutput, SpyLLM, assert_engine_idle
+from nb_fakes import FailingAfterFirstOutput, HeldEngine, SpyLLM, assert_engine_idle
 
-from nbllm import SamplingParams
+from nbllm import CompletionOutput, RequestOutput, SamplingParams
 from nbllm.notebook import generate_cell
 from nbllm.notebook.kv_monitor import KVCacheMonitor
 from nbllm.notebook.session import EngineSession, session_for
@@ -28,12 +30,14 @@ def test_options_become_sampling_params(ip, spy):
     ip.user_ns["engine"] = spy
     result = ip.run_cell_magic("generate", "--llm engine --max-tokens 7 --temperature 0.5 --top-p 0.9 --top-k 20 "
                                            "--seed 3 --stop '\\n' --stop END -n 2 --out answer", "Hello")
+    assert result is None, "--out stores the result; the cell does not echo it"
+    result = ip.user_ns["answer"]
     [(_, prompt, params)] = spy.submitted
     assert prompt == "Hello"
     assert (params.max_tokens, params.temperature, params.top_p, params.top_k, params.seed, params.n) == \
         (7, 0.5, 0.9, 20, 3, 2)
     assert params.stop == ["\n", "END"]
-    assert ip.user_ns["answer"] is result and isinstance(result, list) and len(result) == 2
+    assert isinstance(result, list) and len(result) == 2
     assert_engine_idle(spy)
 
 
@@ -87,7 +91,8 @@ def test_bad_options_raise_usage_error_with_usage(ip, line, message):
 def test_separated_prompts_run_as_one_batch_in_order(ip, tiny_llm, spy):
     ip.user_ns["engine"] = spy
     body = "Once upon a time\n---\nThe capital of France\n---   \ndef add(a, b):"
-    result = ip.run_cell_magic("generate", "--llm engine --temperature 0 --max-tokens 6 --out texts", body)
+    ip.run_cell_magic("generate", "--llm engine --temperature 0 --max-tokens 6 --out texts", body)
+    result = ip.user_ns["texts"]
     prompts = [e[1] for e in spy.submitted]
     assert prompts == ["Once upon a time", "The capital of France", "def add(a, b):"]
     assert [e[0] for e in spy.events if e[0] != "output"] == ["submit"] * 3, "one request per prompt, no other call"
@@ -106,10 +111,13 @@ def test_an_interrupt_aborts_the_whole_batch(ip, tiny_llm):
 def test_text_streams_into_one_updating_display(ip, slow):
     ip.user_ns["engine"] = slow
     with capture_output() as captured:
-        text = ip.run_cell_magic("generate", "--llm engine --max-tokens 40 --out text", "Stream me")
-    shown = [o.data["text/plain"] for o in captured.outputs]
+        ip.run_cell_magic("generate", "--llm engine --max-tokens 40 --out text", "Stream me")
+    text = ip.user_ns["text"]
+    *shown, footer = [o.data["text/plain"] for o in captured.outputs]
     assert len(shown) >= 3, "the display is updated while tokens arrive"
     assert shown[-1] == text and len(shown[1]) < len(text)
+    assert re.fullmatch(r"length · 40 tokens in [\d.]+ s · [\d.]+ tokens/s · TTFT [\d.]+ s", footer), footer
+    assert "nbllm-footer" in captured.outputs[-1].data["text/html"]
 
 
 def test_chat_and_system_render_the_template(ip, spy):
@@ -124,13 +132,14 @@ def test_chat_and_system_render_the_template(ip, spy):
 def test_markdown_format_displays_markdown(ip):
     with capture_output() as captured:
         ip.run_cell_magic("generate", "--format markdown --max-tokens 4", "Hello")
-    assert "text/markdown" in captured.outputs[-1].data
+    assert "text/markdown" in captured.outputs[-2].data  # then the footer
 
 
 def test_code_format_creates_the_next_cell(ip, monkeypatch):
     created = []
     monkeypatch.setattr(ip, "set_next_input", lambda text, replace=False: created.append((text, replace)))
-    text = ip.run_cell_magic("generate", "--format code --temperature 0 --max-tokens 5 --out code", "def f():")
+    ip.run_cell_magic("generate", "--format code --temperature 0 --max-tokens 5 --out code", "def f():")
+    text = ip.user_ns["code"]
     assert created == [(generate_cell.code_of(text), False)]
 
 
@@ -154,8 +163,9 @@ def test_logprob_table_fallback(tiny_llm):
 
 def test_beams_display_the_search_output(ip):
     with capture_output() as captured:
-        result = ip.run_cell_magic("generate", "--beams 2 --max-tokens 4 --out beams", "Hello")
-    assert len(result.sequences) >= 1
+        assert ip.run_cell_magic("generate", "--beams 2 --max-tokens 4 --out beams", "Hello") is None
+    result = ip.user_ns["beams"]
+    assert len(result.sequences) >= 1 and result.finished
     assert captured.outputs, "the beam output is displayed"
 
 
@@ -233,7 +243,8 @@ def test_connect_uses_a_remote_engine(ip, tiny_llm, monkeypatch):
     ip.run_line_magic("nbllm", "connect http://127.0.0.1:9/v1 --api-key k --model m")
     engine = session_for(ip).engine
     assert (engine.url, engine.kwargs) == ("http://127.0.0.1:9/v1", {"api_key": "k", "model": "m"})
-    assert ip.run_cell_magic("generate", "--max-tokens 3 --out text", "Hi") is not None
+    ip.run_cell_magic("generate", "--max-tokens 3 --out text", "Hi")
+    assert ip.user_ns["text"] is not None
     assert engine.submitted, "%%generate used the remote engine"
     ip.run_line_magic("nbllm", "unload")
     assert engine.closed and tiny_llm.is_running
@@ -270,3 +281,80 @@ def test_session_loads_lazily_and_shuts_down_only_its_own_engines():
     assert second.closed
     session.unload()
     assert not mine.closed and session.engine is None
+
+
+# ----------------------------------------------------------------------------- one rendering, footer, interrupt
+
+
+def test_out_is_not_echoed_as_the_cells_result(ip, spy):
+    ip.user_ns["engine"] = spy
+    with capture_output() as captured:
+        result = ip.run_cell("%%generate --llm engine --max-tokens 3 --out answer\nHi")
+    assert result.result is None and isinstance(ip.user_ns["answer"], str)
+    *texts, footer = [o.data["text/plain"] for o in captured.outputs]
+    assert texts[-1] == ip.user_ns["answer"] and "tokens/s" in footer, "streamed into one display, then the footer"
+
+
+def test_raw_sends_braces_as_written(ip, spy):
+    ip.user_ns["engine"] = spy
+    ip.run_cell_magic("generate", "--llm engine --raw --max-tokens 2", 'Return JSON like {"city": {name}}')
+    assert spy.submitted[0][1] == 'Return JSON like {"city": {name}}'
+
+
+class EmptyEngine(HeldEngine):
+    """Every request ends at once with an empty completion (e.g. EOS first)."""
+
+    def submit(self, prompt, sampling_params=None, request_id=None, deliver=None):
+        stream = super().submit(prompt, sampling_params, request_id, deliver)
+        stream.put(RequestOutput(stream.request_id, "p", [1], None, [CompletionOutput(0, "", [7], None, None, "stop")],
+                                 finished=True))
+        return stream
+
+
+def test_an_empty_completion_says_so(ip):
+    ip.user_ns["engine"] = EmptyEngine()
+    with capture_output() as captured:
+        ip.run_cell_magic("generate", "--llm engine --out text", "Hi")
+    *texts, footer = [o.data["text/plain"] for o in captured.outputs]
+    assert texts[-1] == "(empty completion)" and ip.user_ns["text"] == ""
+    assert footer.startswith("stop · 1 tokens")
+
+
+def test_an_interrupt_is_one_line_and_keeps_the_text(ip, tiny_llm):
+    ip.user_ns["engine"] = FailingAfterFirstOutput(tiny_llm, KeyboardInterrupt(), submission=1)
+    with capture_output() as captured:
+        result = ip.run_cell("%%generate --llm engine --max-tokens 100 --out partial\nOnce upon a time")
+    assert isinstance(result.error_in_exec, generate_cell.CellInterrupted)
+    assert isinstance(result.error_in_exec, KeyboardInterrupt), "still an interrupt: a Run All stops here"
+    assert captured.stdout.strip() == "interrupted after 1 tokens; the text so far is in partial", captured.stdout
+    assert "Traceback" not in captured.stdout + captured.stderr
+    shown = [o.data["text/plain"] for o in captured.outputs]
+    partial = ip.user_ns["partial"]
+    assert isinstance(partial, str) and shown[-1] == (partial or "(empty completion)"), "no footer: the line says it"
+    assert_engine_idle(tiny_llm)
+
+
+class SlowBeams(SpyLLM):
+    """Beam searches whose steps come about 0.2 s apart, so that a test sees the tree grow."""
+
+    def submit_beam_search(self, prompt, params, request_id=None, deliver=None):
+        def slowly(item):
+            if not getattr(item, "finished", True):
+                time.sleep(0.2)
+            deliver(item)
+        return self.llm.submit_beam_search(prompt, params, request_id, slowly)
+
+
+def test_beams_grow_live_and_are_drawn_once(ip, tiny_llm):
+    ip.user_ns["engine"] = SlowBeams(tiny_llm)
+    with capture_output() as captured:
+        result = ip.run_cell("%%generate --llm engine --beams 2 --max-tokens 6 --out beams\nHello")
+    assert result.result is None
+    html = [o.data.get("text/html", "") for o in captured.outputs]
+    growing = [h for h in html if "searching…" in h]
+    assert len(growing) >= 2, "the tree is redrawn while the search runs"
+    steps = [int(re.search(r"(\d+) steps", h).group(1)) for h in growing]
+    assert steps == sorted(steps) and steps[-1] > steps[0]
+    assert "searching…" not in html[-1] and "Beam search" in html[-1], "the final tree replaces it"
+    assert ip.user_ns["beams"].finished
+    assert_engine_idle(tiny_llm)

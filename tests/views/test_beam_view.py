@@ -8,6 +8,7 @@ from html_tree import assert_self_contained, parse
 
 from nbllm.beam_tree import FINISHED, KEPT, PRUNED, BeamTree
 from nbllm.views import beam_tree_html, save_beam_tree_html
+from nbllm.views.beam_view import CHAR_W
 from nbllm.views.beam_layout import layout_beam_tree
 from nbllm.views.html_text import shorten, visible
 
@@ -69,7 +70,7 @@ def test_tokens_are_escaped_and_visible():
         label = box.find_all("text")[0].text()
         title = box.find_all("title")[0].text()
         if node.parent_id is None:
-            assert label.startswith("…") and visible(node.token_text).endswith(label[1:])
+            assert label.startswith("…") and visible(node.token_text, keep_spaces=True).endswith(label[1:])
             assert repr(node.token_text)[:40] in title
         else:
             assert label == shorten(visible(node.token_text), 9)
@@ -132,3 +133,34 @@ def test_a_prompt_only_tree_renders():
              status=KEPT)
     doc = parse(beam_tree_html(tree))
     assert len(doc.find_all("g", "data-node")) == 1 and not doc.find_all("g", "data-count")
+
+
+def test_the_prompt_box_holds_a_short_prompt_whole_and_pushes_the_columns_right():
+    tree = BeamTree("The capital of France is", 1, 1.0)
+    tree.add(parent_id=None, step=0, token_id=None, token_text="The capital of France is", logprob=0.0,
+             cum_logprob=0.0, score=0.0, status=KEPT)
+    tree.add(parent_id=0, step=1, token_id=5, token_text=" Paris", logprob=-0.1, cum_logprob=-0.1, score=-0.1,
+             status=KEPT, rank=1)
+    doc = parse(beam_tree_html(tree))
+    root, child = doc.find_all("g", "data-node")
+    assert root.find_all("text")[0].text() == "The capital of France is", "not cut"
+    root_width = float(root.find_all("rect")[0].attrs["width"])
+    assert root_width >= CHAR_W * len("The capital of France is")
+    root_x = float(re.search(r"translate\(([\d.]+),", root.attrs["transform"]).group(1))
+    child_x = float(re.search(r"translate\(([\d.]+),", child.attrs["transform"]).group(1))
+    assert child_x > root_x + root_width + 10, "the first step's column starts after the prompt's box"
+
+
+def test_pruned_candidates_are_listed_under_the_tree_not_over_it(small_tree):
+    doc = parse(beam_tree_html(small_tree))
+    classes = [d.classes() for d in doc.find_all("div", "class")]
+    scroll = classes.index({"nbb-scroll"})
+    listing = classes.index({"nbb-pruned"})
+    assert listing == scroll + 2, "the list follows the scroll box (and its canvas), outside it"
+    assert "position: absolute" not in beam_tree_html(small_tree).split(".nbb-pruned {")[1].split("}")[0]
+
+
+def test_a_running_search_says_so():
+    tree = random_beam_tree(width=2, steps=3, seed=3)
+    assert "searching…" in beam_tree_html(tree, searching=True)
+    assert "searching…" not in beam_tree_html(tree)

@@ -1,46 +1,34 @@
-"""The KV monitor's pictures: a one-pixel-per-block grid drawn by matplotlib, the usage chart, notes."""
+"""What the KV monitor sends: the window of samples as columns, the pool, and one code per block."""
 
 from __future__ import annotations
 
-import base64
-import io
-import re
+from dataclasses import replace
 
-import matplotlib.image
-from html_tree import parse
-
-from nbllm.views.kv_view import BLOCK_COLOURS, KVSample, block_grid_html, block_grid_png, note_html, usage_chart_svg
+from nbllm.views.kv_view import CACHED, FREE, USED, KVSample, grid_payload, pool_payload, series_payload
 
 
-def test_block_grid_is_one_pixel_per_block():
-    states = ["used", "cached", "free", "used", "free"]
-    image = matplotlib.image.imread(io.BytesIO(block_grid_png(states, columns=3)))
-    assert image.shape[:2] == (2, 3)
-    pixels = [tuple(round(c * 255) for c in image[i // 3, i % 3][:3]) for i in range(6)]
-    assert pixels == [BLOCK_COLOURS[s] for s in states] + [(255, 255, 255)], "row by row; the rest is background"
-
-
-def test_block_grid_html_scales_the_image_up():
-    states = ["used"] * 100 + ["free"] * 28
-    img = parse(block_grid_html(states)).find_all("img")[0]
-    data = re.fullmatch("data:image/png;base64,(.*)", img.attrs["src"]).group(1)
-    assert matplotlib.image.imread(io.BytesIO(base64.b64decode(data))).shape[:2] == (2, 64)
-    assert (int(img.attrs["width"]), int(img.attrs["height"])) == (64 * 8, 2 * 8)
-    assert "image-rendering: pixelated" in img.attrs["style"]
-
-
-def sample(t: float, usage: float) -> KVSample:
+def sample(t: float, usage: float, rate=None) -> KVSample:
     return KVSample(timestamp=t, kv_cache_usage_perc=usage, num_blocks_used=0, num_blocks_cached=0,
-                    num_requests_running=0, num_requests_waiting=0, num_preemptions=0, tokens_per_second=0.0)
+                    num_requests_running=1, num_requests_waiting=0, num_preemptions=0, tokens_per_second=rate,
+                    prefix_cache_hit_rate=0.25)
 
 
-def test_usage_chart_steps_through_the_window():
-    svg = parse(usage_chart_svg([sample(0.0, 0.5), sample(30.0, 1.0)], window_s=60.0))
-    points = svg.find_all("polyline")[0].attrs["points"].split()
-    assert len(points) == 3, "a sample holds until the next: one step"
-    assert len(svg.find_all("line")) == 2, "the 90% and 98% lines"
+def test_series_holds_the_last_window_relative_to_the_newest_sample():
+    series = series_payload([sample(0.0, 0.1), sample(50.0, 0.2, 12.34), sample(100.0, 0.003, 7.0)], window_s=60)
+    assert series["t"] == [-50.0, 0.0]
+    assert series["usage"] == [20.0, 0.3] and series["tokens_per_s"] == [12.3, 7.0]
+    assert series["hit_rate"] == [25.0, 25.0] and series["running"] == [1, 1]
+    assert series_payload([sample(0.0, 0.1)], 60)["tokens_per_s"] == [None], "the first reading has no rate"
+    assert series_payload([], 60)["t"] == []
 
 
-def test_notes_are_escaped():
-    note = parse(note_html("could not read <metrics>", error=True))
-    assert note.text() == "could not read <metrics>" and len(list(note.iter())) == 2
+def test_grid_codes_each_block_by_its_request(tiny_llm):
+    stats = replace(tiny_llm.get_stats(), block_states=["used", "used", "used", "cached", "free", "used"],
+                    request_blocks={"b": [1, 2], "a": [0, 1]})
+    grid = grid_payload(stats)
+    assert grid["requests"] == ["a", "b"]
+    assert grid["blocks"] == [0, 0, 1, CACHED, FREE, USED], "first holder; a used block nobody names is USED"
+    assert grid["shared"] == [[1, [0, 1]]]
+    pool = pool_payload(stats)
+    assert pool == {"blocks": stats.num_blocks_total, "block_size": stats.block_size,
+                    "tokens": stats.num_blocks_total * stats.block_size}
