@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
                    2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+ITERATION_TOKEN_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)  # vLLM's
 _THROUGHPUT_WINDOW_S = 5.0
 
 
@@ -66,6 +67,7 @@ class MetricsSnapshot:
     # running request id -> the indices into block_states of the blocks it holds (a block held by
     # several requests is shared: a common prefix, or beams forked from one another)
     request_blocks: dict[str, list[int]] = field(default_factory=dict)
+    iteration_tokens: "Histogram" = field(default_factory=lambda: iteration_histogram())  # tokens per engine step
 
     @property
     def prefix_cache_hit_rate(self) -> float:
@@ -87,6 +89,7 @@ class MetricsRecorder:
         self.time_to_first_token = Histogram()
         self.inter_token_latency = Histogram()
         self.e2e_request_latency = Histogram()
+        self.iteration_tokens = iteration_histogram()
         self._recent: deque[tuple[float, int]] = deque()
 
     def record_generated(self, num_tokens: int, now: float) -> None:
@@ -101,6 +104,11 @@ class MetricsRecorder:
             return 0.0
         span = max(now - recent[0][0], 1e-6)
         return sum(n for _, n in recent[1:]) / span
+
+
+def iteration_histogram() -> Histogram:
+    """vLLM's vllm:iteration_tokens_total: the tokens each engine step computed."""
+    return Histogram(ITERATION_TOKEN_BUCKETS, [0] * (len(ITERATION_TOKEN_BUCKETS) + 1))
 
 
 def now() -> float:

@@ -158,6 +158,7 @@ class EngineCore:
             self._fail(failed.beam_group_id or failed.parent_id, exc.error)
             return []
         self.scheduler.update_after_step(out)
+        self.metrics.iteration_tokens.observe(sum(item.num_new_tokens for item in out.scheduled))
         return self._post_process(out, results, now())
 
     def _post_process(self, out: SchedulerOutput, results: dict[str, StepResult], t: float) -> list[EngineOutput]:
@@ -287,7 +288,8 @@ class EngineCore:
             inter_token_latency=self.metrics.inter_token_latency.copy(),
             e2e_request_latency=self.metrics.e2e_request_latency.copy(),
             request_blocks={r.request_id: [b - 1 for b in r.block_ids]  # block_states starts at block 1
-                            for r in self.scheduler.running})
+                            for r in self.scheduler.running},
+            iteration_tokens=self.metrics.iteration_tokens.copy())
 
     def shutdown(self) -> list[EngineOutput]:
         """Abort everything (returning the final outputs) and release the model and KV pool."""
