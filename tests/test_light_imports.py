@@ -47,14 +47,29 @@ def test_remote_llm_is_an_engine_client():
 
 # ----------------------------------------------------------------------------- abort before the first token
 class SilentStream(http.server.BaseHTTPRequestHandler):
-    """Answers a POST with the headers of an event stream, then sends nothing until the client leaves."""
+    """Answers a streamed POST with the headers of an event stream, then sends nothing until the client leaves
+    (RemoteLLM's connection probe, which streams nothing, gets short answers)."""
 
     timeout = 10  # seconds a handler waits at most, so a failing test cannot hang the server
     arrived: threading.Event
     left: threading.Event
 
+    def do_GET(self) -> None:
+        self._answer(200 if self.path == "/v1/models" else 404, {"data": [{"id": "m"}]})
+
+    def _answer(self, status: int, payload: dict) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers["content-length"]))
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        if not body.get("stream"):
+            self._answer(404, {"detail": "Not Found"})
+            return
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.end_headers()
@@ -112,6 +127,8 @@ def test_the_request_body_carries_every_set_field():
     bodies = []
 
     def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json={"data": [{"id": "m", "owned_by": "vllm"}]})
         bodies.append(json.loads(request.content))
         return httpx.Response(200, json={"choices": [{"index": 0, "text": "", "finish_reason": "length"}]})
 
@@ -121,7 +138,7 @@ def test_the_request_body_carries_every_set_field():
         remote.generate("Hi", params, use_tqdm=False)
         with pytest.raises(ValueError, match="logits_processors"):
             remote.generate("Hi", SamplingParams(logits_processors=[lambda ids, logits: logits]), use_tqdm=False)
-    [body] = bodies
+    [body] = [b for b in bodies if b.get("prompt") == "Hi"]  # not the connection probe's
     assert body["temperature"] == 0.5 and body["top_k"] == 7 and body["seed"] == 3 and body["stop"] == ["\n"]
     assert body["min_tokens"] == 2 and body["logprobs"] == 1 and body["logit_bias"] == {"5": -1.0}
     assert body["stream"] is False and body["max_tokens"] == 16 and body["n"] == 1

@@ -1,10 +1,13 @@
 """HTTP for RemoteLLM: requests with retries, and the events of a server-sent stream.
 
-429, 5xx and refused connections are retried with exponential backoff (honouring
-Retry-After); a timeout is not retried, since the server is probably still working.
-401, 403 and 404 raise RemoteError: the call itself is refused, so every request
-would fail alike. Any other failure raises RowError, for the caller to report on
-that one request. `interrupt` cuts an open stream from another thread.
+Only what can succeed on a second try is retried, with exponential backoff (honouring
+Retry-After): a connection that failed or broke (refused, reset, cut mid-response),
+429 (too many requests) and the gateway's 502/503/504. A 500 or any other answer is
+the server's deterministic reply to this request and is not retried; a timeout is not
+either, since the server is probably still working. 401, 403 and 404 raise
+RemoteError: the call itself is refused, so every request would fail alike. Any other
+failure raises RowError, for the caller to report on that one request. `interrupt`
+cuts an open stream from another thread.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any, Iterator, Optional
 import httpx
 
 _MAX_RETRY_AFTER_S = 30.0
+RETRIED_STATUSES = frozenset({429, 502, 503, 504})
 
 
 class RemoteError(RuntimeError):
@@ -28,7 +32,11 @@ class RemoteError(RuntimeError):
 
 
 class RowError(Exception):
-    """One request failed for good; its row reports the message."""
+    """One request failed for good; its row reports the message (`status`: the HTTP status, if one came)."""
+
+    def __init__(self, message: str, status: Optional[int] = None):
+        super().__init__(message)
+        self.status = status
 
 
 class RetryingClient:
@@ -46,15 +54,15 @@ class RetryingClient:
 
     def send(self, method: str, path: str, body: Optional[dict] = None, stream: bool = False) -> httpx.Response:
         """A successful response (left open when streaming), after retries; RowError or RemoteError otherwise."""
-        failure = ""
+        failure, status = "", None
         for attempt in range(self.max_retries + 1):
             delay = self.retry_backoff_s * 2 ** attempt
             try:
                 response = self._client.send(self._client.build_request(method, path, json=body), stream=stream)
             except httpx.TimeoutException:
                 raise RowError(f"{method} {path} timed out after {self.timeout}s") from None
-            except httpx.TransportError as exc:  # refused or reset: the server may be restarting
-                failure = f"{type(exc).__name__}: {exc}"
+            except httpx.TransportError as exc:  # refused, reset or cut: the server may be restarting
+                failure, status = f"the connection failed or was cut off ({type(exc).__name__}: {exc})", None
             else:
                 if response.status_code < 400:
                     return response
@@ -62,20 +70,20 @@ class RetryingClient:
                 if response.status_code in (401, 403, 404):
                     raise RemoteError(f"{method} {self.base_url}{path}: {response.status_code} {message}",
                                       response.status_code)
-                if response.status_code != 429 and response.status_code < 500:
-                    raise RowError(f"{response.status_code} {message}")
-                failure = f"{response.status_code} {message}"
+                if response.status_code not in RETRIED_STATUSES:
+                    raise RowError(f"{response.status_code} {message}", response.status_code)
+                failure, status = f"{response.status_code} {message}", response.status_code
                 delay = _retry_after(response) or delay
             if attempt < self.max_retries:
                 time.sleep(delay)
-        raise RowError(f"{method} {path} failed after {self.max_retries + 1} attempts: {failure}")
+        raise RowError(f"{method} {path} failed after {self.max_retries + 1} attempts: {failure}", status)
 
     def call(self, method: str, path: str, body: Optional[dict] = None) -> httpx.Response:
         """Like send, for calls that are not a row of a batch: every failure raises RemoteError."""
         try:
             return self.send(method, path, body)
         except RowError as exc:
-            raise RemoteError(f"{self.base_url}: {exc}") from None
+            raise RemoteError(f"{self.base_url}: {exc}", exc.status) from None
 
     def close(self) -> None:
         self._client.close()

@@ -1,12 +1,17 @@
 """RemoteLLM: the EngineClient contract over an OpenAI-compatible server (`nbllm serve`, or vLLM on a GPU cluster).
 
-Each request is one HTTP call from a pool shared by the whole RemoteLLM, so at most
+Connecting probes the server once (probe.py): its model, context window and what it
+offers become `capabilities` and cached properties, so nothing here does network I/O
+to answer what it is, and a dead URL or a wrong key raises RemoteError at once.
+Each request is one HTTP call (n calls of one choice for a server that answers one
+choice per call) from a pool shared by the whole RemoteLLM, so at most
 `max_concurrency` run at once however many callers (a chat panel, a DataFrame job)
 submit. Request ids are chosen here, so `abort` works from the moment `submit`
 returns. generate/stream/chat are nbllm.batch's, over `submit`: a row that fails
 for good comes back finished with finish_reason "error" and the message as
 stop_reason, while a wrong key or model name, which would fail every row alike,
-raises RemoteError. Imports neither torch nor the server.
+raises RemoteError. vLLM's extra sampling options sent to a server that is neither
+vLLM nor nbllm are sent, with one warning per option. Imports neither torch nor the server.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import itertools
 import threading
 import uuid
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, Iterator, Optional, Sequence, Union
@@ -22,10 +28,12 @@ import httpx
 
 from nbllm import batch
 from nbllm.chat_utils import load_chat_template, validate_conversation
-from nbllm.client.http import RemoteError, RetryingClient
+from nbllm.client.http import RetryingClient
+from nbllm.client.probe import ServerInfo, probe
 from nbllm.client.prometheus_text import snapshot_from_text
 from nbllm.client.request import Call, RemoteRequest
-from nbllm.client.wire import OutputBuilder, request_fields
+from nbllm.client.usage_stats import UsageCounter
+from nbllm.client.wire import OutputBuilder, request_fields, vllm_only_fields
 from nbllm.inputs import ParamsType, PromptsType, PromptType, conversations_of, params_per_prompt, parse_prompt
 from nbllm.metrics import MetricsSnapshot
 from nbllm.outputs import BeamSearchOutput, RequestOutput
@@ -33,15 +41,13 @@ from nbllm.protocol import Conversation, EngineCapabilities, Messages
 from nbllm.sampling_params import BeamSearchParams, RequestOutputKind, SamplingParams
 from nbllm.streams import Deliver, RequestStream
 
-# Until servers are asked what they support: OpenAI's API has no block states and no beam search tree.
-CAPABILITIES = EngineCapabilities(metrics=True, block_states=False, tokenizer=True, beam_search=False,
-                                  beam_tree=False, logprobs=True, token_ids=True)
 _COMPLETIONS, _CHAT = "/v1/completions", "/v1/chat/completions"
 
 
 class RemoteLLM:
     """e.g. ``RemoteLLM("http://gpu-node:8000/v1")``; `model` defaults to the server's first model.
 
+    Construction connects: RemoteError if the server cannot be reached or refuses the key.
     Calls that are not generation (the model list, /tokenize, /metrics) bypass the
     concurrency bound, so a monitor is never stuck behind long generations.
     """
@@ -57,23 +63,29 @@ class RemoteLLM:
         self._http = RetryingClient(self.base_url, api_key, timeout, max_retries, retry_backoff_s,
                                     max_connections=2 * max_concurrency + 4, transport=transport)
         self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="nbllm-remote")
-        self._model = model
-        self._card: Optional[dict] = None
         self._requests: dict[str, RemoteRequest] = {}  # the unfinished, by id
         self._lock = threading.Lock()
         self._closed = False
         self._ids = itertools.count()
         self._id_prefix = uuid.uuid4().hex[:8]
         self._last_scrape: Optional[tuple[float, int]] = None
+        self._usage = UsageCounter()
+        self._warned: set[str] = set()  # vLLM-only options already warned about
+        try:
+            self.server: ServerInfo = probe(self._http, model)
+        except BaseException:
+            self._pool.shutdown(wait=False)
+            self._http.close()
+            raise
 
     # ----------------------------------------------------------------- what it is
     @property
     def model_name(self) -> str:
-        return self._model or self._model_card()["id"]
+        return self.server.model
 
     @property
     def max_model_len(self) -> Optional[int]:
-        return self._model_card().get("max_model_len")
+        return self.server.max_model_len
 
     @property
     def is_running(self) -> bool:
@@ -81,23 +93,17 @@ class RemoteLLM:
 
     @property
     def capabilities(self) -> EngineCapabilities:
-        return CAPABILITIES
+        return self.server.capabilities
 
     def get_tokenizer(self) -> "RemoteTokenizer":
+        if not self.capabilities.tokenizer:
+            raise NotImplementedError(f"{self.base_url} has no /tokenize and /detokenize of vLLM's kind "
+                                      f"(capabilities.tokenizer is False)")
         return RemoteTokenizer(self._http, self.model_name)
 
     def get_default_sampling_params(self) -> SamplingParams:
         """vLLM's defaults: a server does not say what its model's generation_config holds."""
         return SamplingParams()
-
-    def _model_card(self) -> dict:
-        if self._card is None:
-            cards = self._http.call("GET", "/v1/models").json().get("data") or []
-            if not cards:
-                raise RemoteError(f"{self.base_url}/v1/models lists no model")
-            named = [c for c in cards if c.get("id") == self._model]
-            self._card = named[0] if named else ({"id": self._model} if self._model else cards[0])
-        return self._card
 
     # ----------------------------------------------------------------- requests
     def submit(self, prompt: PromptType, sampling_params: Optional[SamplingParams] = None,
@@ -165,6 +171,9 @@ class RemoteLLM:
                             chat_template_kwargs: Optional[dict] = None,
                             tools: Optional[list[dict]] = None) -> list[dict]:
         """Conversations rendered by the server's chat template (its /tokenize), as prompt dicts for submit."""
+        if not self.capabilities.tokenizer:
+            raise NotImplementedError(f"{self.base_url} has no /tokenize to render chat templates with "
+                                      f"(capabilities.tokenizer is False); use chat() or submit_chat()")
         fields = _template_fields(chat_template, add_generation_prompt, continue_final_message, chat_template_kwargs,
                                   tools)
         prompts = []
@@ -189,14 +198,16 @@ class RemoteLLM:
 
     # ----------------------------------------------------------------- stats and lifetime
     def get_stats(self) -> MetricsSnapshot:
-        """The server's /metrics as a snapshot (per-block detail stays empty); tokens/s between two calls."""
-        try:
-            text = self._http.call("GET", "/metrics").text
-        except RemoteError as exc:
-            if exc.status == 404:
-                raise NotImplementedError(f"{self.base_url} serves no /metrics, so it reports no metrics") from None
-            raise
-        snapshot = snapshot_from_text(text)
+        """The server's /metrics as a snapshot (per-block detail stays empty); tokens/s between two calls.
+
+        A server without vLLM's /metrics (capabilities.metrics False): this client's own requests and
+        the token counts of their `usage`, with the server-side fields left empty.
+        """
+        if not self.capabilities.metrics:
+            with self._lock:
+                running = len(self._requests)
+            return self._usage.snapshot(running)
+        snapshot = snapshot_from_text(self._http.call("GET", "/metrics").text)
         with self._lock:
             previous, self._last_scrape = self._last_scrape, (snapshot.timestamp, snapshot.generation_tokens_total)
         if previous is not None and snapshot.timestamp > previous[0]:
@@ -230,8 +241,16 @@ class RemoteLLM:
     def _start(self, path: str, payload: dict[str, Any], prompt: Optional[str], params: SamplingParams,
                request_id: Optional[str], deliver: Optional[Deliver]) -> RequestStream:
         kind = params.output_kind
-        body = {"model": self.model_name, **payload, "stream": kind != RequestOutputKind.FINAL_ONLY,
-                **request_fields(params, chat=path == _CHAT)}
+        streamed = kind != RequestOutputKind.FINAL_ONLY
+        body = {"model": self.model_name, **payload, "stream": streamed, **request_fields(params, chat=path == _CHAT)}
+        if streamed:
+            body["stream_options"] = {"include_usage": True}
+        self._warn_vllm_only(body)
+        calls = [Call(path, body)]
+        if params.n > 1 and not self.server.multiple_choices:  # ask once per choice
+            seed = params.seed
+            calls = [Call(path, {**body, "n": 1, **({"seed": seed + i} if seed is not None else {})})
+                     for i in range(params.n)]
         with self._lock:
             if self._closed:
                 raise RuntimeError(f"this RemoteLLM for {self.base_url} is shut down")
@@ -240,9 +259,20 @@ class RemoteLLM:
                 raise ValueError(f"request id {request_id!r} is already running")
             stream = RequestStream(request_id, deliver, on_close=self.abort)
             builder = OutputBuilder(request_id, prompt, params.n, params.logprobs is not None)
-            request = self._requests[request_id] = RemoteRequest(Call(path, body), builder, kind, stream)
+            request = self._requests[request_id] = RemoteRequest(calls, builder, kind, stream, self._usage.record)
             self._pool.submit(self._run, request)
         return stream
+
+    def _warn_vllm_only(self, body: dict[str, Any]) -> None:
+        """One warning per vLLM-only option sent to a server that is neither vLLM nor nbllm."""
+        if self.server.vllm_compatible:
+            return
+        with self._lock:
+            new = [name for name in vllm_only_fields(body) if name not in self._warned]
+            self._warned.update(new)
+        for name in new:
+            warnings.warn(f"{name} is a vLLM option; {self.base_url} (owned_by {self.server.owned_by!r}) is not vLLM "
+                          f"or nbllm and may ignore it", UserWarning, stacklevel=4)
 
     def _run(self, request: RemoteRequest) -> None:
         try:

@@ -1,19 +1,23 @@
 """One remote request's life: sent from RemoteLLM's shared pool, its outputs put on its RequestStream.
 
-A request whose params ask for FINAL_ONLY is one plain POST; the others read the
-server-sent events and put cumulative or delta outputs as they come. A request ends
-exactly once, with a finished output: the server's last one; or, when it failed for
-good, one whose unfinished completions have finish_reason "error" and the message as
-stop_reason (a call the server refuses outright, RemoteError, is put as the stream's
-exception instead); or, when aborted, one with finish_reason "abort", put at once by
-the aborting thread, whose open stream is cut so that the server aborts too.
+A request is one HTTP call, or n calls of one choice each when the server answers
+only one choice per call (RemoteLLM's probe says so). A call whose params ask for
+FINAL_ONLY is one plain POST; the others read the server-sent events and put
+cumulative or delta outputs as they come. A request ends exactly once, with a
+finished output where every completion is complete or carries an explicit error:
+the server's last one; or, when it failed for good, one whose unfinished completions
+have finish_reason "error" and the reason as stop_reason (choices the server never
+sent, a stream cut off, a response that stopped short); a call the server refuses
+outright (RemoteError) is put as the stream's exception instead; when aborted, one
+with finish_reason "abort", put at once by the aborting thread, whose open stream is
+cut so that the server aborts too. `on_end` then sees the builder (usage counts).
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import httpx
 
@@ -31,15 +35,22 @@ class Call:
     path: str
     body: dict[str, Any]
 
+    @property
+    def num_choices(self) -> int:
+        return int(self.body.get("n") or 1)
+
 
 class RemoteRequest:
     """A request on its way; `run` in a pool thread, `abort` from any thread."""
 
-    def __init__(self, call: Call, builder: OutputBuilder, kind: RequestOutputKind, stream: RequestStream):
-        self.call, self.builder, self.kind, self.stream = call, builder, kind, stream
+    def __init__(self, calls: list[Call], builder: OutputBuilder, kind: RequestOutputKind, stream: RequestStream,
+                 on_end: Optional[Callable[[OutputBuilder, bool], None]] = None):
+        self.calls, self.builder, self.kind, self.stream = calls, builder, kind, stream
+        self._on_end = on_end
         # Reentrant: a stream's deliver hook may abort its own request from inside `put`.
         self._lock = threading.RLock()
         self._done = False
+        self._aborted = False
         self._response: Optional[httpx.Response] = None  # the open event stream, for abort to cut
 
     @property
@@ -47,24 +58,37 @@ class RemoteRequest:
         return self.stream.request_id
 
     def run(self, http: RetryingClient) -> None:
-        """Send the call and put its outputs until the request ends (returns at once if aborted while queued)."""
+        """Send the calls and put their outputs until the request ends (returns at once if aborted while queued)."""
         if self._done:
             return
+        ok = False
         try:
-            if self.call.body.get("stream"):
-                self._read_events(http)
-            else:
-                self._read_response(http)
+            offset = 0
+            for call in self.calls:
+                self.builder.index_offset = offset
+                if call.body.get("stream"):
+                    self._read_events(http, call, offset)
+                else:
+                    self._read_response(http, call)
+                self.builder.end_call()
+                if self._aborted:
+                    return
+                offset += call.num_choices
+            ok = self._finish()
         except (RowError, httpx.HTTPError, ValueError) as exc:
             self._fail(str(exc) or type(exc).__name__)
         except Exception as exc:  # RemoteError, or a bug: whoever reads the stream gets it raised
             self._end(exc)
+        finally:
+            if self._on_end is not None:
+                self._on_end(self.builder, ok)
 
     def abort(self) -> None:
         """End the request now with finish_reason "abort" (no-op once ended) and cut its open stream."""
         with self._lock:
             if self._done:
                 return
+            self._aborted = True
             self._end(self.builder.output(force_finish="abort", delta=self._delta))
             response = self._response
         if response is not None:
@@ -75,36 +99,55 @@ class RemoteRequest:
     def _delta(self) -> bool:
         return self.kind == RequestOutputKind.DELTA
 
-    def _read_response(self, http: RetryingClient) -> None:
-        response = http.send("POST", self.call.path, self.call.body)
+    def _read_response(self, http: RetryingClient, call: Call) -> None:
+        response = http.send("POST", call.path, call.body)
         with self._lock:
             self.builder.add(response.json())
-            self._put(self.builder.output())
-        self._fail("the response left a completion unfinished")
 
-    def _read_events(self, http: RetryingClient) -> None:
-        response = http.send("POST", self.call.path, self.call.body, stream=True)
+    def _read_events(self, http: RetryingClient, call: Call, offset: int) -> None:
+        response = http.send("POST", call.path, call.body, stream=True)
+        ended = False
         try:
             with self._lock:
-                if self._done:
+                if self._aborted:
                     return
                 self._response = response
             for event in sse_events(response):
                 with self._lock:
-                    if self._done:
+                    if self._aborted:
                         return
-                    self.builder.add(event)
-                    if event.get("choices"):
+                    self.builder.add(event)  # after the last choice ends, a usage chunk may still come
+                    if event.get("choices") and not self._done:
                         self._put(self.builder.output(delta=self._delta))
+            ended = True
+        except httpx.TransportError as exc:
+            if not self._aborted:
+                raise RowError(f"the server cut the stream off ({type(exc).__name__}: {exc})") from None
         finally:
             response.close()  # mid-stream, this is what tells the server to abort
-        self._fail("the stream ended before the request finished")
+        covered = self.builder.choices[offset:offset + call.num_choices]
+        if not ended and not self._aborted and any(c.finish_reason is None for c in covered):
+            raise RowError("the server cut the stream off before the request finished")
+
+    def _finish(self) -> bool:
+        """After the last call: end with the final output, or with errors for what the server left out."""
+        if self._done:  # the stream's last choice ended it already
+            return True
+        n = len(self.builder.choices)
+        missing = [i for i in range(n) if i not in self.builder.answered]
+        if missing:
+            self._fail(f"the server answered {n - len(missing)} of {n} choices (choices {missing} never came)")
+        elif not self.builder.finished:
+            self._fail("the server's response left a completion unfinished")
+        else:
+            self._put(self.builder.output(delta=self._delta))
+        return not missing and self.builder.finished
 
     def _put(self, output: RequestOutput) -> None:
-        """Under the lock: one output, or the last one when it is finished."""
+        """Under the lock: one output, or the last one when it is finished (FINAL_ONLY: only that one)."""
         if output.finished:
             self._end(output)
-        elif not self._done:
+        elif not self._done and self.kind != RequestOutputKind.FINAL_ONLY:
             self.stream.put(output)
 
     def _fail(self, reason: str) -> None:

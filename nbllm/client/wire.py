@@ -2,10 +2,12 @@
 
 Only OpenAI's fields and vLLM's documented extras are sent, so nbllm's server and
 vLLM's both answer; which fields are extras follows from the SamplingParams dataclass
-itself, so a new field travels without a second list to update. Exact token ids come
-from vLLM's `return_token_ids` (vLLM 0.10.2 and later) or, with logprobs, from
+itself, so a new field travels without a second list to update (`vllm_only_fields`
+names the ones a plain OpenAI server ignores, for RemoteLLM to warn about). Exact token
+ids come from vLLM's `return_token_ids` (vLLM 0.10.2 and later) or, with logprobs, from
 `return_tokens_as_token_ids`; a server that ignores both leaves token_ids empty.
-`OutputBuilder` accumulates a full response or a stream of chunks into RequestOutputs.
+`OutputBuilder` accumulates a full response or a stream of chunks into RequestOutputs,
+and the token counts of their `usage`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,13 @@ _MAPPED_FIELDS = ("logprobs", "logit_bias", "extra_args", "logits_processors")  
 _EXTRA_FIELDS = tuple(f.name for f in fields(SamplingParams)
                       if f.name not in _OPENAI_FIELDS + _CLIENT_FIELDS + _MAPPED_FIELDS)
 _ID_PREFIX = "token_id:"
+_OPENAI_EXTRAS = frozenset({"seed", "stop"})  # OpenAI's own fields among the extras
+
+
+def vllm_only_fields(body: dict[str, Any]) -> list[str]:
+    """The sampling fields in a request body that OpenAI's API does not define (vLLM's extras)."""
+    return [name for name in _EXTRA_FIELDS if name in body and name not in _OPENAI_EXTRAS] + \
+        (["extra_args"] if "vllm_xargs" in body else [])
 
 
 def request_fields(params: SamplingParams, chat: bool) -> dict[str, Any]:
@@ -124,6 +133,11 @@ class OutputBuilder:
         self.choices = [CompletionOutput(index=i, text="", token_ids=[], cumulative_logprob=None,
                                          logprobs=[] if want_logprobs else None) for i in range(n)]
         self._sent = [(0, 0)] * n  # (text length, token count) already handed out, for delta outputs
+        self.answered: set[int] = set()  # choices the server sent anything for
+        self.prompt_tokens = 0  # from usage
+        self.completion_tokens = 0
+        self.index_offset = 0  # where the server's choice 0 goes (RemoteLLM asks n times when it must)
+        self._call_completion_tokens = 0
 
     @property
     def finished(self) -> bool:
@@ -134,15 +148,26 @@ class OutputBuilder:
         self.prompt_token_ids = event.get("prompt_token_ids") or self.prompt_token_ids
         if event.get("prompt_logprobs") is not None:
             self.prompt_logprobs = _prompt_logprobs(event["prompt_logprobs"])
-        details = (event.get("usage") or {}).get("prompt_tokens_details") or {}
+        usage = event.get("usage") or {}
+        details = usage.get("prompt_tokens_details") or {}
         self.num_cached_tokens = details.get("cached_tokens") or self.num_cached_tokens
+        if isinstance(usage.get("completion_tokens"), int):  # the last usage of a call is its total
+            self.prompt_tokens = usage.get("prompt_tokens") or self.prompt_tokens
+            self._call_completion_tokens = usage["completion_tokens"]
         for choice in event.get("choices") or []:
             self._add_choice(choice)
 
+    def end_call(self) -> None:
+        """One HTTP call is over: its usage counts."""
+        self.completion_tokens += self._call_completion_tokens
+        self._call_completion_tokens = 0
+
     def _add_choice(self, choice: dict) -> None:
         index = choice.get("index", 0)
+        index = (index if isinstance(index, int) else 0) + self.index_offset
         if not 0 <= index < len(self.choices):
             return
+        self.answered.add(index)
         out = self.choices[index]
         message = choice.get("message") or choice.get("delta") or {}
         out.text += choice.get("text") or message.get("content") or ""
