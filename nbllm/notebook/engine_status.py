@@ -1,19 +1,25 @@
 """What `%nbllm status` shows: the engine's model, memory, KV usage and running requests.
 
-Built from the EngineClient contract (`model_name`, `get_stats()`) and the process's
-own memory counters, so a remote engine reports the same way as a local one (where
-its `capabilities.metrics` says it reports metrics at all).
+Built from the EngineClient contract (`model_name`, `capabilities`, `get_stats()`) and
+the process's own memory counters, so a remote engine reports the same way as a local
+one. What the engine cannot do is listed as unavailable; an engine without metrics
+(a server with no vLLM /metrics) shows only the counts its client kept from `usage`.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Optional
 
 from nbllm.protocol import EngineClient
 from nbllm.views.status_view import status_table_html
+
+# What a missing capability means to the user.
+MISSING = {"metrics": "server metrics", "block_states": "KV block states", "tokenizer": "tokenizer",
+           "beam_search": "beam search", "beam_tree": "beam trees", "logprobs": "logprobs",
+           "token_ids": "token ids (token counts come from usage)"}
 
 
 @dataclass
@@ -34,8 +40,19 @@ class EngineStatus:
     running_request_blocks: dict[str, int]
     tokens_per_second: float
     prefix_cache_hit_rate: float
+    unavailable: list[str] = field(default_factory=list)  # what the engine cannot do, in words
+    server_metrics: bool = True  # False: the counts below are the client's own, from `usage`
+    requests_finished_total: int = 0
+    prompt_tokens_total: int = 0
+    generation_tokens_total: int = 0
 
     def rows(self) -> list[tuple[str, str]]:
+        missing = [("unavailable", ", ".join(self.unavailable))] if self.unavailable else []
+        if not self.server_metrics:
+            return [("engine", self.engine_type), ("model", self.model),
+                    ("requests", f"{self.num_requests_running} running, {self.requests_finished_total} done"),
+                    ("tokens", f"{self.prompt_tokens_total} prompt, {self.generation_tokens_total} generated"),
+                    ("throughput", f"{self.tokens_per_second:.1f} tokens/s"), *missing]
         requests = ", ".join(f"{rid} ({blocks} blocks)" for rid, blocks in self.running_request_blocks.items())
         memory = _format_bytes(self.process_rss_bytes)
         if self.cuda_allocated_bytes is not None:
@@ -50,6 +67,7 @@ class EngineStatus:
             ("running", requests or "none"),
             ("throughput", f"{self.tokens_per_second:.1f} tokens/s"),
             ("prefix cache hit rate", f"{self.prefix_cache_hit_rate:.1%}"),
+            *missing,
         ]
 
     def __repr__(self) -> str:
@@ -60,8 +78,15 @@ class EngineStatus:
         return status_table_html(self.rows())
 
 
+def missing(engine: EngineClient) -> list[str]:
+    """What the engine cannot do, in words (from its capabilities)."""
+    caps = engine.capabilities
+    return [MISSING[f.name] for f in fields(caps) if not getattr(caps, f.name)]
+
+
 def engine_status(engine: EngineClient) -> EngineStatus:
     """Read the engine's stats and the process's memory into an EngineStatus."""
+    caps = engine.capabilities
     m = engine.get_stats()
     return EngineStatus(
         engine_type=type(engine).__name__, model=engine.model_name,
@@ -70,7 +95,10 @@ def engine_status(engine: EngineClient) -> EngineStatus:
         num_blocks_cached=m.num_blocks_cached, num_blocks_total=m.num_blocks_total, block_size=m.block_size,
         num_requests_running=m.num_requests_running, num_requests_waiting=m.num_requests_waiting,
         running_request_blocks=dict(m.running_request_blocks), tokens_per_second=m.tokens_per_second,
-        prefix_cache_hit_rate=m.prefix_cache_hit_rate)
+        prefix_cache_hit_rate=m.prefix_cache_hit_rate,
+        unavailable=missing(engine),
+        server_metrics=caps.metrics, requests_finished_total=m.requests_finished_total,
+        prompt_tokens_total=m.prompt_tokens_total, generation_tokens_total=m.generation_tokens_total)
 
 
 def _process_rss_bytes() -> Optional[int]:

@@ -23,7 +23,7 @@ from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_ar
 from nbllm.config import EngineConfig
 from nbllm.field_options import FieldOption, field_options, given
 from nbllm.notebook import generate_cell
-from nbllm.notebook.engine_status import engine_status
+from nbllm.notebook.engine_status import engine_status, missing as engine_status_missing
 from nbllm.notebook.session import EngineSession, session_for
 from nbllm.protocol import EngineClient
 from nbllm.sampling_params import RequestOutputKind, SamplingParams
@@ -133,10 +133,11 @@ class NbllmMagics(Magics):
         if engine is None:
             print("No engine loaded; the first use loads the default model (or run %nbllm load).")
             return None
-        if not engine.capabilities.metrics:
+        try:
+            return engine_status(engine)
+        except NotImplementedError:  # an engine that reports no stats at all
             print(f"{engine.model_name} ({type(engine).__name__}): this engine reports no metrics.")
             return None
-        return engine_status(engine)
 
     def _unload(self, rest: str) -> None:
         _parse(_no_argument_parser("unload"), rest)
@@ -147,8 +148,14 @@ class NbllmMagics(Magics):
         from nbllm.client import RemoteLLM
 
         options = {name: value for name, value in (("api_key", args.api_key), ("model", args.model)) if value}
-        self.session.set_engine(RemoteLLM(args.url, **options), owned=True)
-        print(f"Connected to {args.url}")
+        try:
+            remote = RemoteLLM(args.url, **options)  # connecting probes the server: a dead URL fails here
+        except RuntimeError as exc:  # RemoteError: unreachable, a wrong key, an unknown model
+            raise UsageError(f"%nbllm connect: {exc}") from None
+        self.session.set_engine(remote, owned=True)
+        missing = engine_status_missing(remote)
+        print(f"Connected to {args.url}: {remote.model_name}"
+              + (f" (unavailable: {', '.join(missing)})" if missing else ""))
 
     def _monitor(self, rest: str) -> Any:
         args = _parse(_monitor_parser(), rest)

@@ -73,7 +73,8 @@ def test_generate_dataframe_rows(tiny_llm):
     params = SamplingParams(max_tokens=4, n=2, ignore_eos=True, logprobs=0)  # cumulative_logprob needs logprobs
     table = generate_dataframe(tiny_llm, ["Hello", "Once upon a time"], params, use_tqdm=False)
     assert list(table.columns) == ["prompt", "text", "finish_reason", "prompt_tokens", "completion_tokens",
-                                   "cumulative_logprob", "latency_s"]
+                                   "cumulative_logprob", "latency_s", "error"]
+    assert table["error"].isna().all()
     assert list(table["prompt"]) == ["Hello", "Hello", "Once upon a time", "Once upon a time"]
     assert (table["completion_tokens"] == 4).all() and (table["finish_reason"] == "length").all()
     tokenizer = tiny_llm.get_tokenizer()
