@@ -44,6 +44,15 @@ def render_chat(tokenizer: Any, conversation: Conversation, chat_template: Optio
                 chat_template_kwargs: Optional[dict] = None,
                 tools: Optional[list[dict]] = None) -> tuple[str, list[int]]:
     """The prompt text and its token ids for one conversation (`tools`: JSON schemas the template may show)."""
+    text = render_chat_text(tokenizer, conversation, chat_template, add_generation_prompt, continue_final_message,
+                            chat_template_kwargs, tools)
+    return text, tokenizer.encode(text, add_special_tokens=False)
+
+
+def render_chat_text(tokenizer: Any, conversation: Conversation, chat_template: Optional[str] = None,
+                     add_generation_prompt: bool = True, continue_final_message: bool = False,
+                     chat_template_kwargs: Optional[dict] = None, tools: Optional[list[dict]] = None) -> str:
+    """The prompt text of one conversation, untokenized (the server renders it apart, under a time limit)."""
     if continue_final_message and add_generation_prompt:
         raise ValueError("continue_final_message=True and add_generation_prompt=True cannot be combined: "
                          "continuing the last message means no new assistant turn is opened")
@@ -53,7 +62,6 @@ def render_chat(tokenizer: Any, conversation: Conversation, chat_template: Optio
         raise ValueError("this model's tokenizer has no chat template; pass one, e.g. "
                          "chat_template=nbllm.load_chat_template('chatml') (shipped: "
                          f"{', '.join(SHIPPED_TEMPLATES)}), a path to a .jinja file, or a template string")
-    text = tokenizer.apply_chat_template(
+    return tokenizer.apply_chat_template(
         list(conversation), chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt,
         continue_final_message=continue_final_message, tools=tools, **(chat_template_kwargs or {}))
-    return text, tokenizer.encode(text, add_special_tokens=False)

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable, Optional, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, Optional, TypeVar
 
 from starlette.requests import Request
 
-from nbllm.outputs import RequestOutput
 from nbllm.protocol import EngineClient
 from nbllm.sampling_params import SamplingParams
 from nbllm.streams import RequestStream, StreamItem
@@ -34,8 +33,11 @@ class PreparedPrompt:
     params: SamplingParams
 
 
+Submit = Callable[[int, str, Callable[[StreamItem], None]], RequestStream]
+
+
 class EngineRequests:
-    """The requests of one HTTP call; `outputs()` yields (prompt index, RequestOutput)."""
+    """The requests of one HTTP call; `outputs()` yields (prompt index, RequestOutput or BeamSearchOutput)."""
 
     def __init__(self, llm: EngineClient) -> None:
         self._llm = llm
@@ -46,14 +48,19 @@ class EngineRequests:
 
     @classmethod
     def submit(cls, llm: EngineClient, prompts: list[PreparedPrompt], request_id: str) -> "EngineRequests":
-        """Queue every prompt (on the event loop); the engine's ValueError/TypeError for bad input propagates,
-        and the prompts already queued are aborted."""
+        """Queue every prompt (on the event loop); see `start`."""
+        return cls.start(llm, len(prompts), request_id, lambda i, rid, deliver: llm.submit(
+            {"prompt": prompts[i].text, "prompt_token_ids": prompts[i].token_ids}, prompts[i].params,
+            request_id=rid, deliver=deliver))
+
+    @classmethod
+    def start(cls, llm: EngineClient, count: int, request_id: str, submit: Submit) -> "EngineRequests":
+        """`submit(index, request id, deliver)` for each index; the engine's ValueError/TypeError for bad input
+        propagates, and the requests already queued are aborted."""
         requests = cls(llm)
         try:
-            for index, prompt in enumerate(prompts):
-                requests._streams.append(llm.submit({"prompt": prompt.text, "prompt_token_ids": prompt.token_ids},
-                                                    prompt.params, request_id=f"{request_id}-{index}",
-                                                    deliver=requests._deliver_to(index)))
+            for index in range(count):
+                requests._streams.append(submit(index, f"{request_id}-{index}", requests._deliver_to(index)))
                 requests._unfinished.add(index)
         except BaseException:
             requests.abort()
@@ -68,7 +75,7 @@ class EngineRequests:
                 pass
         return deliver
 
-    async def outputs(self) -> AsyncIterator[tuple[int, RequestOutput]]:
+    async def outputs(self) -> AsyncIterator[tuple[int, Any]]:
         try:
             while self._unfinished:
                 index, item = await self._queue.get()
@@ -76,7 +83,7 @@ class EngineRequests:
                     raise item
                 if item.finished:
                     self._unfinished.discard(index)
-                yield index, item  # type: ignore[misc]  # submit() never asks for beam search
+                yield index, item  # type: ignore[misc]
         finally:
             self.abort()
 

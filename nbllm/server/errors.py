@@ -1,13 +1,14 @@
 """Errors in OpenAI's JSON shape: `{"error": {"message", "type", "param", "code"}}`.
 
 Route code raises `OpenAIError`; `install_error_handlers` turns it, FastAPI's
-validation errors (malformed JSON, wrong types) and unknown routes into that shape
-with the right status. Bad input is always a 4xx naming the field; only a bug is a 500.
+validation errors (malformed JSON, wrong types, with pydantic's error type) and unknown
+routes into that shape with the right status. Bad input is always a 4xx naming the
+field; only a bug is a 500, which middleware.KeepAliveOnError answers without closing
+the connection.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 from http import HTTPStatus
 from typing import Any, Iterable, Optional
@@ -18,8 +19,6 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from nbllm.errors import InvalidParameter
-
-logger = logging.getLogger(__name__)
 
 
 class OpenAIError(Exception):
@@ -70,7 +69,7 @@ def _validation_error(exc: RequestValidationError) -> OpenAIError:
     loc = [part for part in first.get("loc", ()) if part != "body" and not _is_type_tag(part)]
     param = str(loc[0]) if loc else None
     path = ".".join(str(part) for part in loc)
-    message = first.get("msg", "invalid value")
+    message = f"{first.get('msg', 'invalid value')} [type={first.get('type', 'value_error')}]"
     return bad_request(f"{path}: {message}" if path else f"request body: {message}", param)
 
 
@@ -90,11 +89,6 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body(exc.status_code, str(exc.detail)), status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 
-    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unexpected error serving %s", request.url.path)
-        return JSONResponse(error_body(500, f"internal server error: {exc!r}"), status_code=500)
-
     app.add_exception_handler(OpenAIError, on_openai_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_exception_handler(Exception, on_unexpected)

@@ -1,9 +1,13 @@
 """Engine logprobs (one {token id: Logprob} dict per position) in OpenAI's formats, and vLLM's prompt logprobs.
 
 Completions use the legacy format (parallel lists of tokens, logprobs, top-k dicts
-and text offsets); chat uses a list of entries with the token's UTF-8 bytes. With
-vLLM's `return_tokens_as_token_ids`, tokens are written "token_id:<id>" so a
-client gets exact ids. Log probabilities of -inf are clamped to -9999.0, as vLLM does.
+and text offsets); chat uses a list of entries with the token's UTF-8 bytes. An
+engine entry holds the sampled token first, then the top alternatives by rank, and
+the alternatives are listed in that order, as vLLM does: a completion's top dict takes
+the first `k + 1` entries (the sampled token and k more), a chat's top list the first
+`k` (-1: all). With vLLM's `return_tokens_as_token_ids`, tokens are written
+"token_id:<id>" so a client gets exact ids. Log probabilities of -inf are clamped to
+-9999.0, as vLLM does.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 from nbllm.outputs import Logprob
-from nbllm.server.protocol import (ChatLogProb, ChatLogProbs, ChatLogProbsContent, CompletionLogProbs, PromptLogprob,
+from nbllm.server.responses import (ChatLogProb, ChatLogProbs, ChatLogProbsContent, CompletionLogProbs, PromptLogprob,
                                    PromptLogprobs)
 
 Entry = Optional[dict[int, Logprob]]
@@ -38,8 +42,10 @@ def _value(logprob: Logprob) -> float:
     return max(logprob.logprob, _FLOOR)
 
 
-def _top(entry: dict[int, Logprob], k: int) -> list[tuple[int, Logprob]]:
-    return sorted(entry.items(), key=lambda item: -item[1].logprob)[:k]
+def _first(entry: dict[int, Logprob], count: int) -> list[tuple[int, Logprob]]:
+    """The entry's first `count` items (all for a negative count), in the engine's order."""
+    items = list(entry.items())
+    return items if count < 0 else items[:count]
 
 
 def completion_logprobs(token_ids: Sequence[int], entries: Sequence[Entry], num_top: int, name: TokenNamer,
@@ -56,10 +62,8 @@ def completion_logprobs(token_ids: Sequence[int], entries: Sequence[Entry], num_
         if entry is None:
             result.top_logprobs.append(None)
         else:
-            top = {name(t, lp): _value(lp) for t, lp in _top(entry, num_top)}
-            if chosen is not None:
-                top.setdefault(token, _value(chosen))
-            result.top_logprobs.append(top)
+            result.top_logprobs.append({name(t, lp): _value(lp) for t, lp in
+                                        _first(entry, num_top + 1 if num_top >= 0 else -1)})
     return result
 
 
@@ -68,7 +72,7 @@ def chat_logprobs(token_ids: Sequence[int], entries: Sequence[Entry], num_top: i
     for token_id, entry in zip(token_ids, entries):
         entry = entry or {}
         chosen = entry.get(token_id)
-        top = [_chat_logprob(name(t, lp), _value(lp)) for t, lp in _top(entry, num_top)]
+        top = [_chat_logprob(name(t, lp), _value(lp)) for t, lp in _first(entry, num_top)]
         token = name(token_id, chosen)
         content.append(ChatLogProbsContent(token=token, logprob=_value(chosen) if chosen else _FLOOR,
                                            bytes=_utf8(token), top_logprobs=top))

@@ -1,17 +1,18 @@
-"""Request and response bodies of the OpenAI API, with vLLM's extra fields.
+"""Request bodies of the OpenAI API, with vLLM's extra fields (responses are in responses.py).
 
-Field names, defaults and response shapes follow OpenAI and vLLM, so the official
-`openai` client and tools written for vLLM work unchanged. Requests only check
-types here; values are checked where they become SamplingParams (sampling.py).
-Unknown request fields are ignored, as OpenAI and vLLM do.
+Field names and defaults follow OpenAI and vLLM, so the official `openai` client and
+tools written for vLLM work unchanged. Requests only check types here; values are
+checked where they become SamplingParams (sampling.py). Unknown fields are ignored, as
+OpenAI and vLLM do; known fields that ask for something this server does not do
+(tools, audio, ...) are declared so that the routes can refuse them with a 400
+naming the field instead of dropping them silently.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer
+from pydantic import BaseModel, ConfigDict, Field
 
 # Integers the engine turns into tensors must fit int64; larger ones are a 400, not a failed step.
 Int = Annotated[int, Field(ge=-2**63, lt=2**63)]
@@ -21,9 +22,9 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-# ---------------------------------------------------------------------------------------- requests
 class StreamOptions(_Model):
-    include_usage: Optional[bool] = True
+    include_usage: Optional[bool] = None  # vLLM's default: no usage chunk unless asked for
+    continuous_usage_stats: Optional[bool] = None  # usage on every chunk
 
 
 class SamplingRequest(_Model):
@@ -41,6 +42,7 @@ class SamplingRequest(_Model):
     stream: Optional[bool] = False
     stream_options: Optional[StreamOptions] = None
     user: Optional[str] = None
+    response_format: Optional[dict[str, Any]] = None
     # vLLM's extra sampling parameters
     top_k: Optional[Int] = None
     min_p: Optional[float] = None
@@ -58,14 +60,26 @@ class SamplingRequest(_Model):
     length_penalty: float = 1.0
     return_token_ids: Optional[bool] = None
     return_tokens_as_token_ids: Optional[bool] = None
+    logprob_token_ids: Optional[list[Int]] = None
+    truncate_prompt_tokens: Optional[Int] = None
+    truncation_side: Optional[Literal["left", "right"]] = None
+    structured_outputs: Optional[dict[str, Any]] = None
+    guided_json: Union[str, dict[str, Any], None] = None
+    guided_regex: Optional[str] = None
+    guided_choice: Optional[list[str]] = None
+    guided_grammar: Optional[str] = None
+    guided_whitespace_pattern: Optional[str] = None
+    guided_decoding_backend: Optional[str] = None  # accepted for compatibility; the engine has one backend
+    vllm_xargs: Optional[dict[str, Any]] = None  # vLLM's extra_args
 
 
 class CompletionRequest(SamplingRequest):
-    prompt: Union[str, list[str], list[Int], list[list[Int]]]
+    prompt: Union[str, list[str], list[Int], list[list[Int]], None] = None
     max_tokens: Optional[Int] = 16
     echo: Optional[bool] = False
     logprobs: Optional[Int] = None
     suffix: Optional[str] = None
+    best_of: Optional[Int] = None
     add_special_tokens: bool = True
 
 
@@ -88,6 +102,8 @@ class ChatTemplateFields(_Model):
     continue_final_message: bool = False
     chat_template: Optional[str] = None
     chat_template_kwargs: Optional[dict[str, Any]] = None
+    tools: Optional[list[dict[str, Any]]] = None
+    tool_choice: Union[str, dict[str, Any], None] = None
 
 
 class ChatCompletionRequest(SamplingRequest, ChatTemplateFields):
@@ -96,6 +112,14 @@ class ChatCompletionRequest(SamplingRequest, ChatTemplateFields):
     max_completion_tokens: Optional[Int] = None
     logprobs: Optional[bool] = False
     top_logprobs: Optional[Int] = None
+    echo: Optional[bool] = False
+    # OpenAI features this server does not offer: a 400 naming the field when they are used
+    functions: Optional[list[Any]] = None
+    function_call: Union[str, dict[str, Any], None] = None
+    parallel_tool_calls: Optional[bool] = None
+    audio: Optional[dict[str, Any]] = None
+    modalities: Optional[list[str]] = None
+    web_search_options: Optional[dict[str, Any]] = None
 
 
 class TokenizeRequest(ChatTemplateFields):
@@ -111,159 +135,3 @@ class TokenizeRequest(ChatTemplateFields):
 class DetokenizeRequest(_Model):
     model: Optional[str] = None
     tokens: list[Int]
-
-
-# ---------------------------------------------------------------------------------------- responses
-def _now() -> int:
-    return int(time.time())
-
-
-class PromptTokensDetails(_Model):
-    cached_tokens: int = 0
-
-
-class UsageInfo(_Model):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    prompt_tokens_details: Optional[PromptTokensDetails] = None
-
-
-class PromptLogprob(_Model):
-    logprob: float
-    rank: Optional[int] = None
-    decoded_token: Optional[str] = None
-
-
-PromptLogprobs = list[Optional[dict[int, PromptLogprob]]]
-
-
-class CompletionLogProbs(_Model):
-    text_offset: list[int] = Field(default_factory=list)
-    token_logprobs: list[Optional[float]] = Field(default_factory=list)
-    tokens: list[str] = Field(default_factory=list)
-    top_logprobs: list[Optional[dict[str, float]]] = Field(default_factory=list)
-
-
-class CompletionChoice(_Model):
-    index: int
-    text: str
-    logprobs: Optional[CompletionLogProbs] = None
-    finish_reason: Optional[str] = None
-    stop_reason: Union[int, str, None] = None
-    token_ids: Optional[list[int]] = None
-    prompt_token_ids: Optional[list[int]] = None
-    prompt_logprobs: Optional[PromptLogprobs] = None
-
-
-class CompletionResponse(_Model):
-    id: str
-    object: Literal["text_completion"] = "text_completion"
-    created: int = Field(default_factory=_now)
-    model: str
-    choices: list[CompletionChoice]
-    usage: Optional[UsageInfo] = None
-
-
-class ChatLogProb(_Model):
-    token: str
-    logprob: float
-    bytes: Optional[list[int]] = None
-
-
-class ChatLogProbsContent(ChatLogProb):
-    top_logprobs: list[ChatLogProb] = Field(default_factory=list)
-
-
-class ChatLogProbs(_Model):
-    content: Optional[list[ChatLogProbsContent]] = None
-
-
-class ChatMessage(_Model):
-    role: str
-    content: Optional[str] = None
-
-
-class ChatChoice(_Model):
-    index: int
-    message: ChatMessage
-    logprobs: Optional[ChatLogProbs] = None
-    finish_reason: Optional[str] = None
-    stop_reason: Union[int, str, None] = None
-    token_ids: Optional[list[int]] = None
-
-
-class ChatCompletionResponse(_Model):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int = Field(default_factory=_now)
-    model: str
-    choices: list[ChatChoice]
-    usage: UsageInfo
-    prompt_token_ids: Optional[list[int]] = None
-    prompt_logprobs: Optional[PromptLogprobs] = None
-
-
-class DeltaMessage(_Model):
-    role: Optional[str] = None
-    content: Optional[str] = None
-
-    @model_serializer(mode="wrap")
-    def _only_present(self, handler: Any) -> dict:
-        return {key: value for key, value in handler(self).items() if value is not None}
-
-
-class ChatStreamChoice(_Model):
-    index: int
-    delta: DeltaMessage
-    logprobs: Optional[ChatLogProbs] = None
-    finish_reason: Optional[str] = None
-    stop_reason: Union[int, str, None] = None
-    token_ids: Optional[list[int]] = None
-
-
-class ChatCompletionChunk(_Model):
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int = Field(default_factory=_now)
-    model: str
-    choices: list[ChatStreamChoice]
-    usage: Optional[UsageInfo] = None
-    prompt_token_ids: Optional[list[int]] = None
-
-
-class ModelCard(_Model):
-    id: str
-    object: Literal["model"] = "model"
-    created: int = Field(default_factory=_now)
-    owned_by: str = "nbllm"
-    root: Optional[str] = None
-    parent: Optional[str] = None
-    max_model_len: Optional[int] = None
-
-
-class ModelList(_Model):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
-
-
-class TokenizeResponse(_Model):
-    count: int
-    max_model_len: int
-    tokens: list[int]
-    token_strs: Optional[list[str]] = None
-
-
-class DetokenizeResponse(_Model):
-    prompt: str
-
-
-class ErrorInfo(_Model):
-    message: str
-    type: str
-    param: Optional[str] = None
-    code: int
-
-
-class ErrorResponse(_Model):
-    error: ErrorInfo

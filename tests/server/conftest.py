@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from http_testing import API_KEY, MODEL, wait_idle
-from nbllm.server import serve_in_background
+from nbllm.server import ServerOptions, serve_in_background
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +21,15 @@ def server(tiny_llm):
 @pytest.fixture(scope="session")
 def keyed_server(tiny_llm):
     handle = serve_in_background(tiny_llm, model_name=MODEL, api_key=API_KEY)
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture(scope="session")
+def trusting_server(tiny_llm):
+    """A server that accepts chat templates from requests (rendered under a short time limit)."""
+    options = ServerOptions(trust_request_chat_template=True, chat_template_timeout=1.0)
+    handle = serve_in_background(tiny_llm, model_name=MODEL, options=options)
     yield handle
     handle.stop()
 

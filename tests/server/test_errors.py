@@ -40,7 +40,7 @@ def _error(response, status):
     ("/v1/chat/completions", {"messages": [{"content": "no role"}]}, "messages"),
     ("/v1/chat/completions", {"messages": CHAT, "top_logprobs": 3}, "top_logprobs"),
     ("/v1/chat/completions", {"messages": CHAT, "chat_template": "/etc/passwd"}, "chat_template"),
-    ("/v1/chat/completions", {"messages": CHAT, "chat_template": "{{ raise_exception('no') }}"}, "messages"),
+    ("/v1/chat/completions", {"messages": CHAT, "chat_template": "{{ raise_exception('no') }}"}, "chat_template"),
     ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages"),
     ("/v1/chat/completions", {"messages": CHAT, "add_generation_prompt": True, "continue_final_message": True},
      "messages"),

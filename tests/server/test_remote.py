@@ -18,6 +18,13 @@ def remote(server):
         yield llm
 
 
+@pytest.fixture
+def trusting_remote(trusting_server):
+    """A RemoteLLM whose server accepts the chat templates requests send."""
+    with RemoteLLM(f"{trusting_server.url}/v1", max_concurrency=4) as llm:
+        yield llm
+
+
 def _same(remote_outputs, local_outputs):
     for r, l in zip(remote_outputs, local_outputs, strict=True):
         assert r.finished and r.prompt_token_ids == l.prompt_token_ids
@@ -43,9 +50,11 @@ def test_logprobs_and_n_match_local(remote, tiny_llm):
         assert {t: round(v.logprob, 3) for t, v in got.items()} == {t: round(v.logprob, 3) for t, v in want.items()}
 
 
-def test_chat_matches_local(remote, tiny_llm):
+def test_chat_matches_local(remote, trusting_remote, tiny_llm):
     _same(remote.chat(CONVERSATIONS, GREEDY, use_tqdm=False), tiny_llm.chat(CONVERSATIONS, GREEDY, use_tqdm=False))
-    single = remote.chat(CONVERSATIONS[0], GREEDY, use_tqdm=False, chat_template="plain")
+    refused = remote.chat(CONVERSATIONS[0], GREEDY, use_tqdm=False, chat_template="plain")[0].outputs[0]
+    assert refused.finish_reason == "error" and "--trust-request-chat-template" in refused.stop_reason
+    single = trusting_remote.chat(CONVERSATIONS[0], GREEDY, use_tqdm=False, chat_template="plain")
     assert single[0].outputs[0].text == tiny_llm.chat(CONVERSATIONS[0], GREEDY, use_tqdm=False,
                                                       chat_template="plain")[0].outputs[0].text
 
@@ -112,15 +121,13 @@ def test_a_row_the_server_rejects_fails_alone(remote):
     assert "maximum context length" in failed.stop_reason
 
 
-def test_key_and_model_errors_raise(keyed_server, server):
-    with RemoteLLM(keyed_server.url, model=MODEL) as no_key:
-        with pytest.raises(RemoteError, match="401"):
-            no_key.generate("Hi", GREEDY, use_tqdm=False)
+def test_key_and_model_errors_raise_on_connect(keyed_server, server):
+    with pytest.raises(RemoteError, match="401"):
+        RemoteLLM(keyed_server.url, model=MODEL)
     with RemoteLLM(keyed_server.url, api_key=API_KEY) as keyed:
         assert keyed.generate("Hi", GREEDY, use_tqdm=False)[0].outputs[0].finish_reason == "length"
-    with RemoteLLM(server.url, model="other") as wrong_model:
-        with pytest.raises(RemoteError, match="404"):
-            list(wrong_model.stream("Hi", GREEDY))
+    with pytest.raises(RemoteError, match="does not serve the model 'other'"):
+        RemoteLLM(server.url, model="other")
 
 
 def test_remote_is_an_engine_client(remote):
@@ -150,7 +157,8 @@ def test_delta_outputs_add_up_to_the_final_output(remote, tiny_llm):
     assert sum((d.outputs[0].token_ids for d in deltas), []) == local.outputs[0].token_ids
 
 
-def test_render_chat_prompts_matches_local(remote, tiny_llm):
+def test_render_chat_prompts_matches_local(trusting_remote, tiny_llm):
+    remote = trusting_remote
     rendered = remote.render_chat_prompts(CONVERSATIONS, chat_template="plain")
     local = tiny_llm.render_chat_prompts(CONVERSATIONS, chat_template="plain")
     assert [p["prompt_token_ids"] for p in rendered] == [p["prompt_token_ids"] for p in local]

@@ -1,5 +1,6 @@
-"""RemoteLLM when servers misbehave: retries with backoff, per-row failures, the concurrency bound, timeouts,
-and vLLM's /metrics text. Fake servers are httpx.MockTransport handlers."""
+"""RemoteLLM when servers misbehave: retries with backoff (only of what can succeed), per-row failures, the
+concurrency bound, timeouts, and vLLM's /metrics text. Fake servers are httpx.MockTransport handlers, which
+answer the connection probe like a vLLM server first."""
 
 import json
 import socket
@@ -24,12 +25,26 @@ def _completion(text: str = "ok") -> dict:
             "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}}
 
 
+def _probe_answer(request) -> httpx.Response:
+    """What a vLLM server answers RemoteLLM's connection probe."""
+    if request.url.path == "/v1/models":
+        return httpx.Response(200, json={"data": [{"id": "m", "owned_by": "vllm", "max_model_len": 64}]})
+    if request.url.path == "/v1/completions":
+        choice = {"index": 0, "text": "a", "finish_reason": "length", "token_ids": [1],
+                  "logprobs": {"tokens": ["token_id:1"], "token_logprobs": [-0.1], "top_logprobs": [None]}}
+        return httpx.Response(200, json={"choices": [choice, {**choice, "index": 1}]})
+    return httpx.Response(404, json={"detail": "Not Found"})
+
+
 def _remote(handler, **kwargs) -> RemoteLLM:
-    return RemoteLLM("http://fake/v1", model="m", transport=httpx.MockTransport(handler), retry_backoff_s=0.001,
-                     **kwargs)
+    connected = []
+    transport = httpx.MockTransport(lambda request: handler(request) if connected else _probe_answer(request))
+    remote = RemoteLLM("http://fake/v1", model="m", transport=transport, retry_backoff_s=0.001, **kwargs)
+    connected.append(True)
+    return remote
 
 
-@pytest.mark.parametrize("status", [429, 500, 502, 503])
+@pytest.mark.parametrize("status", [429, 502, 503, 504])
 def test_retries_then_succeeds(status):
     calls = []
 
@@ -41,6 +56,19 @@ def test_retries_then_succeeds(status):
     [output] = _remote(handler).generate("hi", PARAMS, use_tqdm=False)
     assert len(calls) == 3 and output.outputs[0].text == "ok" and output.outputs[0].token_ids == [1, 2]
     assert output.prompt_token_ids == [9] and output.finished
+
+
+@pytest.mark.parametrize("status", [500, 400, 422])
+def test_deterministic_answers_are_not_retried(status):
+    calls = []
+
+    def handler(request):
+        calls.append(request)
+        return httpx.Response(status, json={"error": {"message": "the engine failed on this prompt"}})
+
+    [output] = _remote(handler).generate({"prompt_token_ids": [1, 2]}, PARAMS, use_tqdm=False)
+    assert len(calls) == 1, "a deterministic answer is not asked again"
+    assert output.outputs[0].finish_reason == "error" and "engine failed" in output.outputs[0].stop_reason
 
 
 def test_gives_up_after_max_retries_with_a_row_error():
@@ -104,12 +132,23 @@ def test_wrong_key_raises_for_the_batch():
         remote.generate(["a", "b"], PARAMS, use_tqdm=False)
 
 
-def test_refused_connections_are_retried_then_reported():
+def test_a_dead_url_fails_on_connect():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    remote = RemoteLLM(f"http://127.0.0.1:{port}", model="m", max_retries=1, retry_backoff_s=0.01)
-    [output] = remote.generate("hi", PARAMS, use_tqdm=False)
+    with pytest.raises(RemoteError, match="ConnectError"):
+        RemoteLLM(f"http://127.0.0.1:{port}", model="m", max_retries=1, retry_backoff_s=0.01)
+
+
+def test_broken_connections_are_retried_then_reported():
+    calls = []
+
+    def handler(request):
+        calls.append(request)
+        raise httpx.ConnectError("connection refused", request=request)
+
+    [output] = _remote(handler, max_retries=2).generate("hi", PARAMS, use_tqdm=False)
+    assert len(calls) == 3
     assert output.outputs[0].finish_reason == "error" and "ConnectError" in output.outputs[0].stop_reason
 
 
@@ -138,10 +177,13 @@ def test_stream_retries_then_reads_events():
     assert outputs[-1].finished and {o.request_id for o in outputs} == {"mine"}
 
 
-def test_metrics_missing_is_not_implemented():
-    remote = _remote(lambda request: httpx.Response(404, json={"detail": "Not Found"}))
-    with pytest.raises(NotImplementedError, match="no /metrics"):
-        remote.get_stats()
+def test_without_metrics_stats_count_this_clients_usage():
+    remote = _remote(lambda request: httpx.Response(200, json=_completion()))
+    assert not remote.capabilities.metrics and remote.capabilities.token_ids
+    remote.generate(["a", "b"], PARAMS, use_tqdm=False)
+    stats = remote.get_stats()
+    assert stats.requests_finished_total == 2 and stats.prompt_tokens_total == 2
+    assert stats.generation_tokens_total == 4 and stats.num_blocks_total == 0
 
 
 VLLM_METRICS = """\
@@ -172,3 +214,10 @@ def test_vllm_metrics_text_parses_into_a_snapshot():
     assert snapshot.num_blocks_used == 500 and snapshot.block_size == 16
     ttft = snapshot.time_to_first_token
     assert ttft.buckets == (0.1, 1.0) and ttft.counts == [2, 3, 1] and ttft.count == 6 and ttft.total == 4.5
+
+
+def test_missing_choices_are_reported_not_left_empty():
+    [output] = _remote(lambda request: httpx.Response(200, json=_completion())).generate(
+        "hi", PARAMS.updated(n=2), use_tqdm=False)  # the server said it answers n > 1, then sent one choice
+    assert output.finished and output.outputs[0].finish_reason == "length" and output.outputs[0].text == "ok"
+    assert output.outputs[1].finish_reason == "error" and "1 of 2 choices" in output.outputs[1].stop_reason
