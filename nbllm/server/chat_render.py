@@ -21,7 +21,6 @@ import logging
 import multiprocessing
 import os
 import queue
-import resource
 import signal
 import threading
 from dataclasses import dataclass
@@ -75,6 +74,11 @@ class _Worker:
         self.process.kill()  # SIGKILL: the child's SIGTERM handlers are the parent's (uvicorn's) until reset
         self.process.join(5)
         self.conn.close()
+
+
+def can_fork() -> bool:
+    """Whether this platform forks (not Windows); without it the engine renders templates, unlimited."""
+    return "fork" in multiprocessing.get_all_start_methods()
 
 
 class TemplateRenderer:
@@ -170,6 +174,8 @@ def _close_inherited_files(keep: int) -> None:
 def _cap_memory(extra_bytes: int) -> None:
     """Let the child's address space grow by at most `extra_bytes` beyond what it inherited."""
     try:
+        import resource  # POSIX only, as fork is
+
         with open("/proc/self/statm") as statm:
             current = int(statm.read().split()[0]) * resource.getpagesize()
         soft, hard = resource.getrlimit(resource.RLIMIT_AS)

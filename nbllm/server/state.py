@@ -20,7 +20,7 @@ from nbllm.outputs import RequestOutput
 from nbllm.protocol import EngineClient
 from nbllm.sampling_params import SamplingParams
 from nbllm.server.bridge import EngineRequests, PreparedPrompt, Submit
-from nbllm.server.chat_render import RenderFailed, RenderJob, RenderTimeout, TemplateRenderer
+from nbllm.server.chat_render import RenderFailed, RenderJob, RenderTimeout, TemplateRenderer, can_fork
 from nbllm.server.errors import OpenAIError, bad_request, invalid_value
 from nbllm.server.options import ServerOptions
 from nbllm.server.request_stats import RequestStats
@@ -54,7 +54,7 @@ class ServerState:
         self.stats = RequestStats(self.max_model_len)
         tokenizer = self.llm.get_tokenizer()
         transformers = sys.modules.get("transformers")  # a remote engine's tokenizer renders on its server
-        local = transformers is not None and isinstance(tokenizer, transformers.PreTrainedTokenizerBase)
+        local = can_fork() and transformers is not None and isinstance(tokenizer, transformers.PreTrainedTokenizerBase)
         self.renderer = TemplateRenderer(tokenizer, self.options.chat_template_timeout,
                                          self.options.chat_template_memory_bytes, self.max_prompt_chars) \
             if local else None

@@ -49,3 +49,16 @@ def test_bad_model_path_exits_with_a_message(tmp_path):
     result = subprocess.run([sys.executable, "-m", "nbllm.server.cli", "serve", str(tmp_path / "missing"),
                              "--port", str(_free_port())], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "nbllm serve:" in result.stderr
+
+
+def test_server_flags_become_server_options():
+    from nbllm.server.cli import _parser, server_options
+
+    args = _parser().parse_args(["serve", "--host", "0.0.0.0", "--max-sequences-per-request", "64",
+                                 "--trust-request-chat-template", "--allowed-origins", '["http://a.example"]',
+                                 "--allowed-hosts", "a.lan,b.lan", "--shutdown-timeout", "0", "--max-logprobs", "-1"])
+    options = server_options(args)
+    assert options.max_sequences_per_request == 64 and options.trust_request_chat_template
+    assert options.allowed_origins == ("http://a.example",) and options.allowed_hosts == ("a.lan", "b.lan")
+    assert options.bound_host == "0.0.0.0" and options.shutdown_timeout == 0 and options.max_messages == 2048
+    assert args.max_logprobs == -1, "vLLM's --max-logprobs is an engine option"

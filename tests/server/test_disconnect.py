@@ -161,3 +161,12 @@ def test_bad_input_aborts_the_prompts_already_submitted():
 
     asyncio.run(main())
     assert engine.aborted == ["cmpl-y-0", "cmpl-y-1", "cmpl-y-2"]
+
+
+def test_a_beam_search_whose_client_leaves_is_aborted(server, tiny_llm):
+    body = {"prompt": "Once upon a time", "n": 4, "max_tokens": 200, "ignore_eos": True, "use_beam_search": True}
+    with httpx.Client(base_url=server.url, timeout=0.5) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            client.post("/v1/completions", json=body)
+    idle = wait_idle(tiny_llm)
+    assert idle.num_requests_running == 0 and idle.num_blocks_used == 0

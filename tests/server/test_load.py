@@ -18,7 +18,7 @@ from http_testing import wait_idle
 
 LIGHT_CLIENTS, LIGHT_TOKENS = 8, 12
 PROMPTS, N = 12, 16
-HEAVY = {"prompt": [f"Heavy prompt {i}" for i in range(PROMPTS)], "n": N, "max_tokens": 48, "ignore_eos": True,
+HEAVY = {"prompt": [f"Heavy prompt {i}" for i in range(PROMPTS)], "n": N, "max_tokens": 32, "ignore_eos": True,
          "temperature": 1.0}
 
 

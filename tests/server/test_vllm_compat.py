@@ -255,3 +255,23 @@ def test_the_metric_families_vllm_dashboards_read(vllm_like):
     assert int(info.labels["block_size"]) == 8 and int(info.labels["num_gpu_blocks"]) > 0
     assert all(s.labels["model_name"] and s.labels["engine"] == "0" for s in families["vllm:request_queue_time_seconds"]
                .samples)
+
+
+# ------------------------------------------------------------------------------------------- 6: fields
+@pytest.mark.parametrize("constraint", [{"guided_choice": ["yes", "no"]},
+                                        {"structured_outputs": {"choice": ["yes", "no"]}},
+                                        {"response_format": {"type": "json_schema", "json_schema": {
+                                            "name": "answer", "schema": {"type": "string", "enum": ["yes", "no"]}}}}])
+def test_output_constraints_reach_the_engine(http, constraint):
+    text = http.post("/v1/chat/completions", json={"messages": CHAT, "max_tokens": 8, **constraint}).json()[
+        "choices"][0]["message"]["content"]
+    assert text.strip('"') in ("yes", "no")
+
+
+def test_tools_reach_the_template_with_tool_choice_none(http):
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    shown = http.post("/tokenize", json={"messages": CHAT, "tools": tools, "tool_choice": "none"})
+    assert shown.status_code == 200
+    answer = http.post("/v1/chat/completions", json={"messages": CHAT, "tools": tools, "tool_choice": "none",
+                                                     **GREEDY})
+    assert answer.status_code == 200 and answer.json()["choices"][0]["message"]["content"]
