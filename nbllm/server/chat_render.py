@@ -145,8 +145,8 @@ def _serve(conn: Connection, tokenizer: Any, memory_bytes: int, max_chars: int) 
     while True:
         try:
             job: RenderJob = conn.recv()
-        except (EOFError, OSError):
-            return
+        except (EOFError, OSError):  # the server closed the pipe (or is gone): leave without any cleanup
+            os._exit(0)  # of what the fork copied (a Jupyter kernel's output streams would try to flush)
         try:
             text = render_chat_text(tokenizer, job.conversation, job.chat_template, job.add_generation_prompt,
                                     job.continue_final_message, job.chat_template_kwargs, job.tools)
