@@ -13,6 +13,7 @@ import torch
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as QType
 from gguf.quants import dequantize
+from safetensors.torch import save_file
 
 import test_gguf_convert as tiny_gguf
 from nbllm import LLM, SamplingParams
@@ -20,6 +21,7 @@ from nbllm.config import EngineConfig
 from nbllm.engine.model_runner import build_model
 from nbllm.layers.quantized_linear import QuantizedEmbedding, QuantizedLinear
 from nbllm.loader import load_hf_config, resolve_model_path
+from nbllm.quant import packed_cache
 from nbllm.quant.gguf_blocks import decode
 from nbllm.quant.groups import GroupQuant
 from nbllm.quant.int4pack import int4_matmul, pack
@@ -186,3 +188,24 @@ def test_quantization_choice(tiny_llama_path, tiny_gguf_model):
         resolve_quantization("int4", "auto", tiny_llama_path, torch.device("cuda"))
     with pytest.raises(ValueError, match="dtype"):
         resolve_quantization("int4", "bfloat16", tiny_llama_path, cpu)
+
+
+def test_packed_weights_are_cached_beside_the_converted_folder(tiny_gguf_model):
+    folder, _ = tiny_gguf_model
+    hf_config = load_hf_config(folder)
+    cached = packed_cache.cache_file(folder)
+    cached.unlink(missing_ok=True)
+    built = build_quantized_model(hf_config, folder, "gguf")
+    assert cached.is_file()
+    restored = build_quantized_model(hf_config, folder, "gguf")
+    for (name, a), (_, b) in zip(built.state_dict(keep_vars=True).items(), restored.state_dict(keep_vars=True).items()):
+        assert torch.equal(a, b), name
+    for name, module in built.named_modules():
+        if isinstance(module, QuantizedLinear):
+            x = torch.randn(2, module.in_features)
+            assert torch.equal(module(x), restored.get_submodule(name)(x)), name
+    # a file that does not fit the model (here: another model's) is rebuilt over, not trusted
+    save_file({"unrelated": torch.zeros(1)}, cached)
+    rebuilt = build_quantized_model(hf_config, folder, "gguf")
+    assert torch.equal(rebuilt.lm_head.packed_weight, built.lm_head.packed_weight)
+    assert packed_cache.restore(build_quantized_model(hf_config, folder, "gguf"), cached)

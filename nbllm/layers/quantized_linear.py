@@ -4,7 +4,8 @@ A model is built as usual, then ``nbllm.quant.loading`` swaps its ``nn.Linear`` 
 ``nn.Embedding`` modules for these. Each starts empty, holding a ``QuantizedWeight`` under the
 name ``weight``, so a model's own ``tie_weights`` (``lm_head.weight = embed_tokens.weight``)
 shares it like a tensor; checkpoint pieces arrive through ``load_shard`` (as GroupQuant, or as
-float tensors quantized on arrival) and ``finalize()`` turns them into buffers:
+float tensors quantized on arrival) and ``finalize()`` turns them into buffers: a linear layer as
+soon as its last piece arrives, embeddings (and the lm_head tied to one) after loading:
 
 - ``QuantizedLinear``: torch's packed int4 layout (``nbllm.quant.int4pack``); the product runs in
   bfloat16 with float32 accumulation, and its output is returned in the input's dtype.
@@ -85,6 +86,11 @@ class QuantizedLinear(QuantizedModule):
         self.register_buffer("bias", torch.zeros(self.out_features) if bias else None, persistent=False)
 
     def load_shard(self, shard: int, param_name: str, tensor: Piece) -> None:
+        self._load(shard, param_name, tensor)
+        if self.weight.complete and (self.bias is None or len(self._bias_shards) == len(self.out_sizes)):
+            self.finalize()  # pack now: the pieces need not wait for the rest of the checkpoint
+
+    def _load(self, shard: int, param_name: str, tensor: Piece) -> None:
         if param_name == "weight":
             self.weight.set_piece(shard, tensor)
             return
@@ -133,7 +139,7 @@ class QuantizedEmbedding(QuantizedModule):
     def load_shard(self, shard: int, param_name: str, tensor: Piece) -> None:
         if param_name != "weight":
             raise ValueError(f"unexpected parameter {param_name!r} for a quantized embedding")
-        self.weight.set_piece(shard, tensor)
+        self.weight.set_piece(shard, tensor)  # finalized after loading: a tied lm_head shares these pieces
 
     def finalize(self) -> None:
         whole = self.weight.whole()

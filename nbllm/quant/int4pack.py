@@ -22,6 +22,8 @@ import torch
 from nbllm.quant.groups import GROUP_SIZE, GroupQuant
 
 ACTIVATION_DTYPE = torch.bfloat16
+_PACK_ROWS = 4096  # a multiple of the kernel's 64-row blocks
+_INT4_MM = torch.ops.aten._weight_int4pack_mm_for_cpu.default  # the overload itself: less Python per call
 
 
 def pack(weight: GroupQuant) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -35,7 +37,7 @@ def pack(weight: GroupQuant) -> tuple[torch.Tensor, torch.Tensor, int]:
                               for t in (weight.values, weight.scale, weight.minimum)), weight.bits)
     scale = weight.scale.to(ACTIVATION_DTYPE)
     exact_scale = scale.float()  # zero points are computed against the rounded scale
-    values = weight.values.to(torch.int32)
+    values = weight.values
     if weight.bits <= 4:
         # w = s * v + m = s * (v - 8) + (m + 8 s)
         zero = (weight.minimum + 8 * exact_scale).to(ACTIVATION_DTYPE)
@@ -50,7 +52,10 @@ def pack(weight: GroupQuant) -> tuple[torch.Tensor, torch.Tensor, int]:
         scales = torch.cat((scale * 16, scale), dim=1)
         zeros = torch.cat((head, tail), dim=1)
         planes = 2
-    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.contiguous(), 1)
+    # The kernel packs rows in independent blocks of 64: converting a few thousand rows at a time
+    # keeps the int32 copy it wants small (a whole lm_head as int32 planes would be 4x its int8 size).
+    packed = torch.cat([torch.ops.aten._convert_weight_to_int4pack_for_cpu(q[i:i + _PACK_ROWS].to(torch.int32), 1)
+                        for i in range(0, q.shape[0], _PACK_ROWS)])
     scales_and_zeros = torch.stack((scales, zeros), dim=-1).transpose(0, 1).contiguous()  # [G, N, 2]
     return packed, scales_and_zeros, planes
 
@@ -60,7 +65,7 @@ def int4_matmul(x: torch.Tensor, packed: torch.Tensor, scales_and_zeros: torch.T
     x = x.to(ACTIVATION_DTYPE)
     if planes == 2:
         x = torch.cat((x, x), dim=1)
-    return torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, GROUP_SIZE, scales_and_zeros)
+    return _INT4_MM(x, packed, GROUP_SIZE, scales_and_zeros)
 
 
 @lru_cache(maxsize=1)

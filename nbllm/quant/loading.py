@@ -6,11 +6,13 @@ is", so a GGUF file (the embedded default included) loads its quantized blocks a
 "int8" and "int4" quantize a float checkpoint on load (weight-only, groups of 32, each group's
 min and max). ``build_quantized_model`` instantiates the model on the meta device, swaps every
 ``nn.Linear`` and the vocabulary embeddings for their quantized forms, streams the weights into
-them (GGUF blocks decoded without a float copy) and packs them.
+them (GGUF blocks decoded without a float copy) and packs them; for a GGUF the packed weights
+are cached beside the converted folder (``packed_cache``), so later loads only map that file.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
@@ -19,13 +21,16 @@ import torch
 from torch import nn
 
 from nbllm.config import QUANTIZATION_METHODS as _CONFIG_METHODS
-from nbllm.gguf_convert import gguf_source, hf_tensors
+from nbllm.gguf_convert import gguf_source, gguf_to_hf_name, unpermute_rotary
 from nbllm.layers.packed_linear import prepack_linears
 from nbllm.layers.quantized_linear import QuantizedEmbedding, QuantizedLinear, QuantizedModule
+from nbllm.quant import packed_cache
 from nbllm.quant.groups import GROUP_SIZE, GroupQuant
 from nbllm.quant.gguf_blocks import REQUANTIZED_BITS, decode
+from nbllm.quant.gguf_file import read_gguf
 from nbllm.quant.int4pack import int4pack_available
 
+logger = logging.getLogger(__name__)
 QUANTIZATION_METHODS = tuple(method for method in _CONFIG_METHODS if method is not None)
 _BITS = {"gguf": REQUANTIZED_BITS, "int8": 8, "int4": 4}  # for float pieces: quantized to this many bits
 
@@ -69,11 +74,23 @@ def build_quantized_model(hf_config: Any, model_path: Path, method: str) -> nn.M
     for module in model.modules():  # buffers (rotary tables) were not materialised on meta
         if hasattr(module, "init_buffers"):
             module.init_buffers(torch.device("cpu"))
-    weights = iter_gguf_weights(gguf_source(model_path)) if method == "gguf" else iter_weights(model_path)
-    model.load_weights(weights)
-    finalize_quantized_modules(model)
+    cached = packed_cache.cache_file(model_path) if method == "gguf" else None
+    if cached is None or not cached.is_file() or not packed_cache.restore(model, cached):
+        weights = iter_gguf_weights(gguf_source(model_path)) if method == "gguf" else iter_weights(model_path)
+        model.load_weights(weights)
+        finalize_quantized_modules(model)
+        if cached is not None:
+            _save_quietly(model, cached)
     prepack_linears(model)  # any float linear left (none in the Llama family)
     return model.eval()
+
+
+def _save_quietly(model: nn.Module, path: Path) -> None:
+    """Cache the packed weights; a cache that cannot be written (read-only, full) only costs later loads time."""
+    try:
+        packed_cache.save(model, path)
+    except OSError as error:
+        logger.warning("could not cache the packed weights in %s: %s", path, error)
 
 
 def swap_quantized_modules(model: nn.Module, vocab_size: int, bits: int) -> int:
@@ -97,7 +114,7 @@ def swap_quantized_modules(model: nn.Module, vocab_size: int, bits: int) -> int:
 
 def finalize_quantized_modules(model: nn.Module) -> None:
     for name, module in model.named_modules():
-        if isinstance(module, QuantizedModule):
+        if isinstance(module, QuantizedModule) and module.weight is not None:  # not finalized on its last piece
             try:
                 module.finalize()
             except ValueError as error:
@@ -108,18 +125,27 @@ def iter_gguf_weights(gguf_path: Path) -> Iterator[tuple[str, Union[GroupQuant, 
     """(transformers name, GroupQuant or float32 tensor) for every tensor of a Llama GGUF file.
 
     Matrices stored in a type that maps onto groups of 32 come as GroupQuant (no float copy);
-    vectors (norms) and matrices of other types come dequantized, as float32.
+    vectors (norms) and matrices of other types come dequantized, as float32. q and k rows are
+    put back in transformers' order (gguf_convert.unpermute_rotary).
     """
-    from gguf import GGUFReader
     from gguf.quants import dequantize
 
-    reader = GGUFReader(gguf_path)
-    for hf_name, tensor, shape, rows in hf_tensors(reader):
-        quantized = decode(tensor.data, tensor.tensor_type, shape) if len(shape) == 2 else None
+    metadata, tensors = read_gguf(gguf_path)
+    architecture = metadata["general.architecture"]
+    n_heads = metadata[f"{architecture}.attention.head_count"]
+    n_kv_heads = metadata.get(f"{architecture}.attention.head_count_kv") or n_heads
+    for tensor in tensors:
+        hf_name = gguf_to_hf_name(tensor.name)
+        rows = None
+        if ".self_attn.q_proj." in hf_name:
+            rows = unpermute_rotary(np.arange(tensor.shape[0]), n_heads)
+        elif ".self_attn.k_proj." in hf_name:
+            rows = unpermute_rotary(np.arange(tensor.shape[0]), n_kv_heads)
+        quantized = decode(tensor.data, tensor.tensor_type, tensor.shape) if len(tensor.shape) == 2 else None
         if quantized is not None:
             yield hf_name, quantized if rows is None else quantized.rows(torch.from_numpy(rows))
             continue
-        values = dequantize(tensor.data, tensor.tensor_type).reshape(shape)
+        values = dequantize(tensor.data, tensor.tensor_type).reshape(tensor.shape)
         if rows is not None:
             values = values[rows]
         yield hf_name, torch.from_numpy(np.array(values, dtype=np.float32))
