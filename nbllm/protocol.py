@@ -27,7 +27,8 @@ Messages = Union[Conversation, list[Conversation]]
 class EngineCapabilities:
     """What an engine can do beyond generating text; front-ends say so where one is missing."""
 
-    metrics: bool = True  # get_stats() works (a remote server may serve no /metrics)
+    metrics: bool = True  # server-side metrics: get_stats() has the engine's counters (a remote server may serve
+    # no /metrics; then get_stats() holds only this client's own counts from `usage`)
     block_states: bool = True  # get_stats().block_states holds the per-block picture
     tokenizer: bool = True  # get_tokenizer() can encode and decode
     beam_search: bool = True  # beam_search() works
