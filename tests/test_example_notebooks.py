@@ -101,9 +101,22 @@ def check_serving(nb) -> None:
     assert "server running: False" in text_of(cell_starting(nb, "remote.shutdown()"))
 
 
+def check_structured_outputs(nb) -> None:
+    constrained = text_of(cell_starting(nb, "from pydantic import"))
+    assert "-> Paris (stop)" in constrained and re.search(r"-> \(\d{3}\) \d{3}-\d{4} \(stop\)", constrained)
+    assert text_of(cell_starting(nb, "try:")).count("ValueError:") == 2
+    labels = text_of(cell_starting(nb, "sentiment_prompt = "))
+    assert "dtype: category" in labels and re.search(r"positive\s+\d+", labels) and re.search(r"negative\s+\d+", labels)
+    fields = text_of(cell_starting(nb, "schema = "))
+    assert all(dtype in fields for dtype in ("Float64", "category", "boolean")), "one typed column per property"
+    match = re.search(r"(\d+) of (\d+) prices match", text_of(cell_starting(nb, "by_rule = ")))
+    assert match and int(match.group(1)) >= 6 and match.group(2) == "8", "the extracted prices mostly agree"
+    assert "price" in text_of(cell_starting(nb, "df.review.head(3)"))
+
+
 CHECKS = {"01_quickstart": check_quickstart, "02_chat": check_chat, "03_dataframes": check_dataframes,
           "04_beam_search": check_beam_search, "05_inside_the_engine": check_inside_the_engine,
-          "06_serving": check_serving}
+          "06_serving": check_serving, "07_structured_outputs": check_structured_outputs}
 
 
 # ----------------------------------------------------------------------------- tests
