@@ -3,7 +3,9 @@
 Only OpenAI's fields and vLLM's documented extras are sent, so nbllm's server and
 vLLM's both answer; which fields are extras follows from the SamplingParams dataclass
 itself, so a new field travels without a second list to update (`vllm_only_fields`
-names the ones a plain OpenAI server ignores, for RemoteLLM to warn about). Exact token
+names the ones a plain OpenAI server ignores, for RemoteLLM to warn about). A
+StructuredOutputsParams travels as vLLM's `structured_outputs` object, holding the
+constraint that is set (a JSON schema as an object). Exact token
 ids come from vLLM's `return_token_ids` (vLLM 0.10.2 and later) or, with logprobs, from
 `return_tokens_as_token_ids`; a server that ignores both leaves token_ids empty.
 `OutputBuilder` accumulates a full response or a stream of chunks into RequestOutputs,
@@ -19,12 +21,14 @@ from typing import Any, Optional
 
 from nbllm.outputs import CompletionOutput, Logprob, RequestOutput
 from nbllm.sampling_params import SamplingParams
+from nbllm.structured_outputs import StructuredOutputsParams
 
 # Always sent: left out, a server would apply its model's generation_config instead of the caller's value.
 _OPENAI_FIELDS = ("n", "temperature", "top_p", "max_tokens", "presence_penalty", "frequency_penalty")
 # How this client builds its outputs: not the server's business.
 _CLIENT_FIELDS = ("detokenize", "output_kind", "flat_logprobs")
-_MAPPED_FIELDS = ("logprobs", "logit_bias", "extra_args", "logits_processors")  # handled one by one, below
+_MAPPED_FIELDS = ("logprobs", "logit_bias", "extra_args", "logits_processors",  # handled one by one, below
+                  "structured_outputs", "guided_decoding")
 # Every other field (seed, stop, top_k, ...) is an OpenAI or vLLM extra, sent where it differs from the default.
 _EXTRA_FIELDS = tuple(f.name for f in fields(SamplingParams)
                       if f.name not in _OPENAI_FIELDS + _CLIENT_FIELDS + _MAPPED_FIELDS)
@@ -35,7 +39,8 @@ _OPENAI_EXTRAS = frozenset({"seed", "stop"})  # OpenAI's own fields among the ex
 def vllm_only_fields(body: dict[str, Any]) -> list[str]:
     """The sampling fields in a request body that OpenAI's API does not define (vLLM's extras)."""
     return [name for name in _EXTRA_FIELDS if name in body and name not in _OPENAI_EXTRAS] + \
-        (["extra_args"] if "vllm_xargs" in body else [])
+        (["extra_args"] if "vllm_xargs" in body else []) + \
+        (["structured_outputs"] if "structured_outputs" in body else [])
 
 
 def request_fields(params: SamplingParams, chat: bool) -> dict[str, Any]:
@@ -52,10 +57,22 @@ def request_fields(params: SamplingParams, chat: bool) -> dict[str, Any]:
         body["logit_bias"] = {str(token): bias for token, bias in params.logit_bias.items()}
     if params.extra_args:
         body["vllm_xargs"] = _plain("extra_args", params.extra_args)  # vLLM's server hands these on as extra_args
+    if params.structured_outputs is not None:
+        body["structured_outputs"] = structured_outputs_field(params.structured_outputs)
     if params.logprobs is not None:
         body.update({"logprobs": True, "top_logprobs": params.logprobs} if chat else {"logprobs": params.logprobs})
         body["return_tokens_as_token_ids"] = True
     return body
+
+
+def structured_outputs_field(constraint: StructuredOutputsParams) -> dict[str, Any]:
+    """vLLM's `structured_outputs` request object: the constraint that is set, and the options not at default."""
+    field: dict[str, Any] = {constraint.kind: copy.deepcopy(getattr(constraint, constraint.kind))}
+    if constraint.disable_any_whitespace:
+        field["disable_any_whitespace"] = True
+    if constraint.whitespace_pattern is not None:
+        field["whitespace_pattern"] = constraint.whitespace_pattern
+    return field
 
 
 def _plain(name: str, value: Any) -> Any:
