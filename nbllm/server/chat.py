@@ -31,7 +31,8 @@ from nbllm.server.protocol import ChatCompletionRequest, ChatMessageParam, ChatT
 from nbllm.server.request_stats import timing_fields
 from nbllm.server.responses import (ChatChoice, ChatCompletionChunk, ChatCompletionResponse, ChatLogProbs,
                                     ChatMessage, ChatStreamChoice, DeltaMessage)
-from nbllm.server.sampling import check_context_length, check_request, output_kind_for, to_sampling_params, truncate
+from nbllm.server.sampling import (check_context_length, check_request, output_kind_for, renamed_fields,
+                                   to_sampling_params, truncate)
 from nbllm.server.state import ServerState
 from nbllm.server.streaming import sse_response, usage_policy
 from nbllm.server.usage import usage_info
@@ -69,7 +70,7 @@ async def chat_completion(state: ServerState, body: ChatCompletionRequest, reque
             raise bad_request("use_beam_search cannot be combined with stream", "use_beam_search")
         requests = start_beam_search(state, [prompt], request_id, _FIELDS, body.length_penalty)
     else:
-        requests = state.submit([prompt], request_id, _FIELDS, {"logprobs": "top_logprobs"})
+        requests = state.submit([prompt], request_id, _FIELDS, {"logprobs": "top_logprobs", **renamed_fields(body)})
         if body.stream:
             return sse_response(_stream(state, body, request_id, prompt, requests, num_top, wanted_ids),
                                 requests.abort)

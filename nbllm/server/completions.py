@@ -24,7 +24,8 @@ from nbllm.server.logprobs import TokenNamer, completion_logprobs, prompt_logpro
 from nbllm.server.protocol import CompletionRequest
 from nbllm.server.request_stats import timing_fields
 from nbllm.server.responses import CompletionChoice, CompletionResponse
-from nbllm.server.sampling import check_context_length, check_request, output_kind_for, to_sampling_params, truncate
+from nbllm.server.sampling import (check_context_length, check_request, output_kind_for, renamed_fields,
+                                   to_sampling_params, truncate)
 from nbllm.server.state import ServerState
 from nbllm.server.streaming import sse_response, usage_policy
 from nbllm.server.usage import usage_info
@@ -67,7 +68,7 @@ async def complete(state: ServerState, body: CompletionRequest, request: Request
         searches = start_beam_search(state, prompts, request_id, _FIELDS, body.length_penalty)
         finals = await cancel_on_disconnect(request, _collect(state, searches, prompts, beam=True))
     else:
-        requests = state.submit(prompts, request_id, _FIELDS)
+        requests = state.submit(prompts, request_id, _FIELDS, renamed_fields(body))
         if body.stream:
             return sse_response(_stream(state, body, request_id, prompts, requests, wanted_ids), requests.abort)
         finals = await cancel_on_disconnect(request, _collect(state, requests, prompts, beam=False))

@@ -92,16 +92,29 @@ def check_request(body: SamplingRequest, max_model_len: int) -> None:
                               f"got {penalty}", "length_penalty")
 
 
-def structured_outputs(body: SamplingRequest) -> Optional[StructuredOutputsParams]:
-    """The constraint asked for by response_format, structured_outputs or a guided_* field (at most one)."""
+def _constraints(body: SamplingRequest) -> dict[str, dict[str, Any]]:
+    """{request field: StructuredOutputsParams fields} for each field that asks for a constraint."""
     given = {name: value for name, value in (("response_format", _from_response_format(body.response_format)),
                                              ("structured_outputs", body.structured_outputs))
              if value is not None}
-    guided = {_GUIDED[name]: getattr(body, name) for name in _GUIDED if getattr(body, name) is not None}
-    if guided:
-        if body.guided_whitespace_pattern is not None:
-            guided["whitespace_pattern"] = body.guided_whitespace_pattern
-        given["guided_" + next(iter(guided))] = guided
+    for name, kind in _GUIDED.items():
+        if getattr(body, name) is not None:
+            given[name] = {kind: getattr(body, name)}
+            if body.guided_whitespace_pattern is not None:
+                given[name]["whitespace_pattern"] = body.guided_whitespace_pattern
+    return given
+
+
+def renamed_fields(body: SamplingRequest) -> dict[str, str]:
+    """The request's name for `structured_outputs` when the engine refuses the constraint (a schema it cannot
+    compile): the field the client used, response_format or guided_json say."""
+    given = _constraints(body)
+    return {"structured_outputs": next(iter(given))} if len(given) == 1 else {}
+
+
+def structured_outputs(body: SamplingRequest) -> Optional[StructuredOutputsParams]:
+    """The constraint asked for by response_format, structured_outputs or a guided_* field (at most one)."""
+    given = _constraints(body)
     if len(given) > 1:
         raise bad_request(f"give one output constraint, got {' and '.join(sorted(given))}", sorted(given)[0])
     if not given:
