@@ -22,7 +22,7 @@ from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_ar
 
 from nbllm.config import EngineConfig
 from nbllm.field_options import FieldOption, field_options, given
-from nbllm.notebook import generate_cell
+from nbllm.notebook import cell_constraint, generate_cell
 from nbllm.notebook.engine_status import engine_status, missing as engine_status_missing
 from nbllm.notebook.session import EngineSession, session_for
 from nbllm.protocol import EngineClient
@@ -180,6 +180,10 @@ class NbllmMagics(Magics):
     @argument("--out", default=None, metavar="NAME", help="store the result in this variable (not shown again)")
     @argument("--raw", action="store_true", help="send the body as written: no {name} filling in")
     @argument("--llm", default=None, metavar="NAME", help="a variable holding the engine to use")
+    @argument("--json", default=None, metavar="SCHEMA",
+              help="output JSON matching the schema in this variable (a dict, JSON text or pydantic model)")
+    @argument("--choice", default=None, metavar="A,B,C", help="output exactly one of these comma-separated choices")
+    @argument("--regex", default=None, metavar="PATTERN", help="output text matching this regular expression")
     @cell_magic
     def generate(self, line: str, cell: str) -> Any:
         """Generate from the cell body; `---` lines separate prompts run as one batch."""
@@ -189,6 +193,7 @@ class NbllmMagics(Magics):
             raise UsageError(f"%%generate: --out needs a variable name, got {args.out!r}\n\n{parser.format_help()}")
         if args.beams is not None and (args.n not in (None, 1) or args.logprobs is not None):
             raise UsageError(f"%%generate: --beams cannot be combined with -n or --logprobs\n\n{parser.format_help()}")
+        constraint = cell_constraint.constraint_of(args, self.shell.user_ns)
         prompts = generate_cell.split_prompts(cell)
         if not args.raw:
             prompts = [generate_cell.interpolate(p, self.shell.user_ns) for p in prompts]
@@ -208,7 +213,10 @@ class NbllmMagics(Magics):
                 raise generate_cell.CellInterrupted(_interrupted(f"{beams.steps} steps", args.out))
             return None
         params = self._sampling_params(llm, args, max_tokens, parser)
-        run = generate_cell.stream_into_output(llm, prompts, params, args.format, chat, args.system)
+        if constraint is not None:
+            params = params.updated(structured_outputs=constraint)
+        with cell_constraint.refused(constraint):
+            run = generate_cell.stream_into_output(llm, prompts, params, args.format, chat, args.system)
         self._store(args.out, generate_cell.result_value(run.texts))
         if run.interrupted:
             raise generate_cell.CellInterrupted(_interrupted(f"{run.tokens} tokens", args.out))
