@@ -55,7 +55,9 @@ def test_static_decode_path_matches_eager(tiny_llama_path, num_prompts):
         calls = _install_emulated_graphs(llm)
         graphed = _outputs(llm, PROMPTS[:num_prompts])
         again = _outputs(llm, PROMPTS[:num_prompts])  # padding rows of the first run left the cache intact
-    assert calls and all(n == num_prompts for n in calls)
+    # Requests join the batch as the engine thread takes them, so the first decode steps may hold fewer;
+    # steps with all of them (padded to the next bucket) must have run through the static path.
+    assert num_prompts in calls and all(n <= num_prompts for n in calls)
     for (tokens, logprobs), (ref_tokens, ref_logprobs) in zip(graphed + again, eager + eager):
         assert tokens == ref_tokens
         assert logprobs == pytest.approx(ref_logprobs, abs=1e-4)
