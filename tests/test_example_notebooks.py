@@ -143,10 +143,10 @@ def test_tour_notebook_is_stored_without_outputs():
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(1500)  # generous: a loaded 2-core machine once needed more than 240 s for one cell
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_notebook_runs_top_to_bottom(path: Path):
-    notebook = execute(path, timeout=240)
+    notebook = execute(path, timeout=900)
     for cell in code_cells(notebook):
         errors = [o for o in cell.get("outputs", []) if o["output_type"] == "error"]
         assert not errors, f"{cell.source[:60]!r}: {errors[0]['ename']}: {errors[0]['evalue']}"
