@@ -39,7 +39,9 @@ test: setup system-deps
 test-fast: setup
 	$(PY) -m pytest -q -p no:cacheprovider -m "not slow and not browser" tests
 
+# llama.cpp is built (once, 5-10 minutes) into a bench-only venv; without it the benchmark leaves it out.
 bench: setup
+	bash benchmarks/setup_llamacpp.sh || echo "warning: llama-cpp-python did not build; benchmarking without it"
 	$(PY) benchmarks/bench_cpu.py
 
 # The documentation site at http://127.0.0.1:8001, rebuilt on every change; docs-build writes it to site/.

@@ -9,7 +9,12 @@ removed). Perplexity is computed through the engine's prompt logprobs on consecu
   weights dequantized to float32.
 - int8 and int4 quantization on load of a float checkpoint (the default model's float32
   folder, the only real float checkpoint available offline; its weights are Q4_1 values, so
-  int4 at the same group size loses little) are reported and bounded.
+  int4 at the same group size loses little, and int4 keeps the embedding and lm_head in 8 bits)
+  are reported and bounded.
+
+Measured (2026-11-30, 2-core AMD EPYC VM): float32 11.7916, the GGUF as loaded 11.7891 (-0.02%),
+int8 on load 11.8086 (+0.14%), int4 on load 11.7759 (-0.13%; with a 4-bit lm_head it was 12.4874,
++5.9%).
 """
 
 import math
@@ -62,7 +67,7 @@ def test_gguf_quantized_perplexity_within_one_percent_of_float32(float32_perplex
     assert abs(quantized / reference - 1) < 0.01
 
 
-@pytest.mark.parametrize("method, bound", [("int8", 0.01), ("int4", 0.05)])
+@pytest.mark.parametrize("method, bound", [("int8", 0.01), ("int4", 0.02)])
 def test_float_checkpoint_quantized_on_load(float32_perplexity, method, bound):
     from nbllm.default_model import default_model_path
 

@@ -9,18 +9,18 @@ bit for bit.
 
 import numpy as np
 import pytest
+import test_gguf_convert as tiny_gguf
 import torch
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as QType
 from gguf.quants import dequantize
 from safetensors.torch import save_file
 
-import test_gguf_convert as tiny_gguf
 from nbllm import LLM, SamplingParams
 from nbllm.config import EngineConfig
 from nbllm.engine.model_runner import build_model
 from nbllm.layers.quantized_linear import QuantizedEmbedding, QuantizedLinear
-from nbllm.loader import load_hf_config, resolve_model_path
+from nbllm.loader import load_hf_config, resolve_model_path, weight_files
 from nbllm.quant import packed_cache
 from nbllm.quant.gguf_blocks import decode
 from nbllm.quant.groups import GroupQuant
@@ -161,6 +161,7 @@ def test_float_checkpoint_quantized_on_load(tiny_llama_path, bits):
     torch.manual_seed(1)
     linears = [(n, m) for n, m in quantized.named_modules() if isinstance(m, QuantizedLinear)]
     assert len(linears) == 4 * hf_config.num_hidden_layers + 1
+    assert quantized.lm_head.planes == 2  # the vocabulary matrices keep 8 bits, also under int4
     for name, module in linears:
         weight = reference[name].weight.detach()
         step = GroupQuant.from_float(weight, bits).scale.max().item()
@@ -196,7 +197,7 @@ def test_packed_weights_are_cached_beside_the_converted_folder(tiny_gguf_model):
     cached = packed_cache.cache_file(folder)
     cached.unlink(missing_ok=True)
     built = build_quantized_model(hf_config, folder, "gguf")
-    assert cached.is_file()
+    assert cached.is_file() and cached not in weight_files(folder)  # never read as a checkpoint shard
     restored = build_quantized_model(hf_config, folder, "gguf")
     for (name, a), (_, b) in zip(built.state_dict(keep_vars=True).items(), restored.state_dict(keep_vars=True).items()):
         assert torch.equal(a, b), name

@@ -9,12 +9,12 @@ transformers itself measures: its logprobs of the two tokens differ by less than
 
 import pytest
 import torch
+from test_default_engine import PROMPTS
+from test_quantized import assert_within_tolerance
 
 from nbllm import LLM, SamplingParams
 from nbllm.engine.model_runner import build_model
 from nbllm.layers.quantized_linear import QuantizedEmbedding, QuantizedLinear
-from test_default_engine import PROMPTS
-from test_quantized import assert_within_tolerance
 
 pytestmark = pytest.mark.slow
 

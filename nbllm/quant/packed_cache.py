@@ -1,8 +1,9 @@
 """A quantized model's packed weights saved once, so later loads skip decoding and packing.
 
-A GGUF model converted into nbllm's cache gets, beside it, ``packed-<fingerprint>.safetensors``:
-every parameter of the built model and every buffer of its quantized modules, with the packing
-details (planes, nibbles) in the file's metadata. The fingerprint covers the torch version and
+A GGUF model converted into nbllm's cache gets, beside it, ``packed-<fingerprint>.nbllm-cache``
+(a safetensors file, named so that no loader takes it for a checkpoint shard): every parameter
+of the built model and every buffer of its quantized modules, with the packing details
+(planes, nibbles) in the file's metadata. The fingerprint covers the torch version and
 the packed layout itself (torch's CPU int4 layout depends on the vector instructions it
 dispatches to), so a file written by another torch or on another CPU is never read.
 Loading it memory-maps the file: a few hundred milliseconds instead of seconds.
@@ -40,7 +41,8 @@ def layout_fingerprint() -> str:
 
 
 def cache_file(folder: Path) -> Path:
-    return Path(folder) / f"packed-{layout_fingerprint()}.safetensors"
+    # not *.safetensors: loaders glob those as checkpoint shards
+    return Path(folder) / f"packed-{layout_fingerprint()}.nbllm-cache"
 
 
 def save(model: nn.Module, path: Path) -> None:
