@@ -56,13 +56,20 @@ class _Entry:
     message: dict
     note: str = ""
     failed: bool = False
+    _shown: tuple = field(default=(), repr=False, compare=False)  # (content, note, failed, html) last rendered
 
     @property
     def role(self) -> str:
         return self.message["role"]
 
     def html(self, streaming: bool = False) -> str:
-        return message_html(self.role, self.message["content"], streaming, self.note, self.failed)
+        """The bubble; a finished message is rendered (Markdown, highlighting) once per change, not per sync."""
+        if streaming:
+            return message_html(self.role, self.message["content"], True, self.note, self.failed)
+        key = (self.message["content"], self.note, self.failed)
+        if self._shown[:3] != key:
+            self._shown = (*key, message_html(self.role, self.message["content"], False, self.note, self.failed))
+        return self._shown[3]
 
 
 @dataclass

@@ -82,7 +82,7 @@ function render({ model, el }) {
   });
   row.append(box, send);
   el.appendChild(row);
-  watchKernel(el, () => { box.disabled = true; send.disabled = true; });
+  watchKernel(el, model, () => { box.disabled = true; send.disabled = true; });
   return () => window.removeEventListener("keydown", onKey, true);
 }
 export default { render };

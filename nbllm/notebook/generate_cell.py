@@ -90,8 +90,8 @@ class PromptProgress:
     completions: int
     first_token: Optional[float] = None
     finished: Optional[float] = None
-    tokens: list[int] = field(default_factory=list)
-    reasons: list[Optional[str]] = field(default_factory=list)
+    tokens: list[int] = field(init=False)  # per completion, so far
+    reasons: list[Optional[str]] = field(init=False)  # per completion; None while it runs
 
     def __post_init__(self) -> None:
         self.tokens = [0] * self.completions

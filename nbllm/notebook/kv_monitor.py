@@ -4,9 +4,9 @@ The kernel sends numbers, the browser draws them (nbllm.views.kv_monitor_js). A
 daemon thread polls `llm.get_stats()` (the only thing it reads) and sets three
 traits: `series` (the last window of samples as columns), `grid` (one code per KV
 block: the request holding it, shared, cached or free) and `pool`; it never prints.
-Tokens/s is measured here, between two readings of the engine's generated-token
-count, so every value covers a real interval (the first reading has none and shows
-as "–"). While the engine is idle and nothing changes it neither records nor sends.
+Tokens/s is measured here from the engine's generated-token count, over the last
+RATE_WINDOW_S seconds of readings (at least one polling interval), so every value
+covers a real interval (the first reading has none and shows as "–"). While the engine is idle and nothing changes it neither records nor sends.
 The thread stops on `stop()`/`close()` or when the engine shuts down
 (`llm.is_running` turns False). `history` keeps the samples for `plot()`. What the
 engine cannot report (`llm.capabilities`: no metrics at all, or no per-block states
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 _JOIN_TIMEOUT_S = 5.0
+RATE_WINDOW_S = 1.0  # tokens/s spans about this long: one 0.25 s interval holds too few tokens to be steady
 NO_METRICS = "this engine reports no metrics, so there is nothing to monitor"
 NO_BLOCK_STATES = "this engine reports no per-block states: there is no block grid"
 ENGINE_STOPPED = "the engine has shut down; monitor stopped"
@@ -59,7 +60,7 @@ class KVCacheMonitor(anywidget.AnyWidget):
         self.llm = resolve_engine(llm)
         self.interval = float(interval)
         self._samples: deque[KVSample] = deque(maxlen=max_samples)
-        self._last_reading: Optional[tuple[float, int]] = None  # (timestamp, generation_tokens_total)
+        self._readings: deque[tuple[float, int]] = deque()  # (timestamp, generation_tokens_total), newest last
         self.add_class("nbllm-kv-monitor")
         if not self.llm.capabilities.metrics:
             self.note = NO_METRICS
@@ -112,12 +113,16 @@ class KVCacheMonitor(anywidget.AnyWidget):
         super().close()
 
     def _tokens_per_second(self, snapshot: MetricsSnapshot) -> Optional[float]:
-        """Generated tokens per second since the previous reading; None for the first one."""
-        reading = (snapshot.timestamp, snapshot.generation_tokens_total)
-        previous, self._last_reading = self._last_reading, reading
-        if previous is None or reading[0] <= previous[0]:
+        """Generated tokens per second over the readings of the last RATE_WINDOW_S seconds (at least the
+        previous reading); None for the first reading."""
+        now = snapshot.timestamp
+        while len(self._readings) > 1 and now - self._readings[1][0] >= RATE_WINDOW_S:
+            self._readings.popleft()  # keep one reading at least RATE_WINDOW_S old, as the window's start
+        start = self._readings[0] if self._readings else None
+        self._readings.append((now, snapshot.generation_tokens_total))
+        if start is None or now <= start[0]:
             return None
-        return max(0.0, (reading[1] - previous[1]) / (reading[0] - previous[0]))
+        return max(0.0, (snapshot.generation_tokens_total - start[1]) / (now - start[0]))
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -17,9 +17,10 @@ TOOLTIP_CSS = """
 # Moves every title (SVG <title> child or title attribute) into data-tip, so the browser's
 # own tooltip does not double the styled one, then shows data-tip on hover. The tip lives on
 # the page's body with a fixed position, so no output area clips it and the view never grows:
-# below the element, or above it where the window ends first, always inside the window.
+# below the element, or above it where the window ends first, always inside the window (and it
+# follows the element when the page scrolls).
 TOOLTIP_JS = """
-var tip = null;
+var tip = null, tipFor = null;
 root.querySelectorAll("title").forEach(function (t) {
   t.parentNode.setAttribute("data-tip", t.textContent);
   t.parentNode.removeChild(t);
@@ -29,9 +30,10 @@ root.querySelectorAll("[title]").forEach(function (el) {
   el.removeAttribute("title");
 });
 function hideTip() {
-  if (tip) { tip.remove(); tip = null; }
+  if (tip) { tip.remove(); tip = null; tipFor = null; }
 }
 function showTip(el) {
+  tipFor = el;
   if (!tip) {
     tip = document.createElement("div");
     tip.className = "nbllm-tip";
@@ -56,7 +58,7 @@ root.addEventListener("mouseout", function (e) {
   var el = e.target.closest("[data-tip]");
   if (el && !el.contains(e.relatedTarget)) hideTip();
 });
-window.addEventListener("scroll", hideTip, true);
+window.addEventListener("scroll", function () { if (tipFor) showTip(tipFor); }, true);
 """
 
 BEAM_CSS = """

@@ -194,7 +194,7 @@ function render({ model, el }) {
   model.on("change:grid", drawGrid);
   model.on("change:note", drawNote);
   model.on("change:note_is_error", drawNote);
-  watchKernel(el);
+  watchKernel(el, model);
   return hideTip;
 }
 export default { render };

@@ -1,9 +1,10 @@
 """The browser side of nbllm's anywidgets, as inline ES modules (no front-end build, nothing fetched).
 
-WATCH_KERNEL_JS is shared: ipywidgets marks every view whose kernel went away (a
-restart or a shutdown) with the class "jupyter-widgets-disconnected"; `watchKernel`
-notices it, puts a banner "kernel restarted: re-run this cell" over the panel the
-view belongs to, and calls back so the view can disable itself. CHAT_LOG_ESM draws
+WATCH_KERNEL_JS is shared: when a widget's kernel goes away (a restart or a
+shutdown) ipywidgets sets its model's comm_live to false (and marks ordinary
+widgets' views with the class "jupyter-widgets-disconnected"); `watchKernel`
+notices either, puts a banner "kernel restarted: re-run this cell" over the panel
+the view belongs to, and calls back so the view can disable itself. CHAT_LOG_ESM draws
 the chat log: the kernel sends each message as escaped HTML (nbllm.views.chat_view),
 the browser keeps the log scrolled to the newest text while the reader is at the
 bottom, and adds Copy and Insert buttons to code blocks. The KV monitor's drawing
@@ -13,10 +14,10 @@ is in kv_monitor_js.py.
 DEAD_TEXT = "kernel restarted: re-run this cell"
 
 WATCH_KERNEL_JS = """
-function watchKernel(el, onDead) {
+function watchKernel(el, model, onDead) {
   let dead = false;
-  const check = () => {
-    if (dead || !el.classList.contains("jupyter-widgets-disconnected")) return;
+  const die = () => {
+    if (dead) return;
     dead = true;
     const panel = el.closest(".nbllm-panel") || el;
     if (!panel.querySelector(":scope > .nbllm-dead")) {
@@ -30,8 +31,16 @@ function watchKernel(el, onDead) {
     }
     if (onDead) onDead();
   };
-  new MutationObserver(check).observe(el, { attributes: true, attributeFilter: ["class"] });
-  check();
+  // ipywidgets marks the model when its kernel goes away (comm_live turns false, the only change after a
+  // model is made), and marks the views of ordinary widgets (the panel around this one) with a class
+  model.on("comm_live_update", die);
+  const marked = () => [el, el.closest(".nbllm-panel")].some(
+    (node) => node && node.classList.contains("jupyter-widgets-disconnected"));
+  const observer = new MutationObserver(() => { if (marked()) die(); });
+  for (const node of [el, el.closest(".nbllm-panel")]) {
+    if (node) observer.observe(node, { attributes: true, attributeFilter: ["class"] });
+  }
+  if (marked()) die();
 }
 """ % DEAD_TEXT
 
@@ -61,17 +70,22 @@ async function insertCell(el, code) {
     prompt.dispatchEvent(new MouseEvent("mouseup", { bubbles: true }));
   }
   const before = new Set(panel.querySelectorAll(".jp-Cell"));
-  add.click();
+  const fresh = () => [...panel.querySelectorAll(".jp-Cell")].find((c) => !before.has(c));
+  // JupyterLab's toolbar buttons act on mousedown (so that they keep the focus where it is); others on click
+  const pause = () => new Promise((resolve) => setTimeout(resolve, 50));
+  add.dispatchEvent(new MouseEvent("mousedown", { bubbles: true, cancelable: true, button: 0 }));
+  for (let i = 0; i < 40 && !fresh(); i++) await pause();
+  if (!fresh()) add.click();
   for (let i = 0; i < 100; i++) {
-    const fresh = [...panel.querySelectorAll(".jp-Cell")].find((c) => !before.has(c));
-    const content = fresh && fresh.querySelector(".cm-content");
+    const added = fresh();
+    const content = added && added.querySelector(".cm-content");
     if (content && content.cmView && content.cmView.view) {
       const view = content.cmView.view;
       view.dispatch({ changes: { from: 0, to: view.state.doc.length, insert: code } });
       view.focus();
       return true;
     }
-    await new Promise((resolve) => setTimeout(resolve, 50));
+    await pause();
   }
   return false;
 }
@@ -147,7 +161,7 @@ function render({ model, el }) {
   model.on("change:messages", drawMessages);
   model.on("change:live", drawLive);
   model.on("change:max_height", size);
-  watchKernel(el);
+  watchKernel(el, model);
 }
 export default { render };
 """

@@ -8,6 +8,14 @@ from nb_fakes import SpyLLM
 from nbllm.notebook.session import session_for
 
 
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item (`item.rep_call`), for fixtures that act on failure."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
 @pytest.fixture
 def ip(tiny_llm):
     """IPython's shell with %load_ext nbllm; the kernel's engine is the shared tiny model."""

@@ -1,4 +1,5 @@
-"""The views in a real headless Chromium: they render, tooltips show details, big trees stay bounded.
+"""The views in a real headless Chromium: they render, tooltips show details inside the window, big trees
+stay bounded, the pruned-candidates list covers no node.
 
 Screenshots and pages are written to artifacts/views/ for a person to look at.
 """
@@ -20,6 +21,12 @@ SCROLL_MAX_HEIGHT = 480
 def assert_not_blank(png: bytes) -> None:
     pixels = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=float)
     assert pixels.std() > 10 and (pixels < 200).mean() > 0.002
+
+
+def assert_inside_window(page, tip) -> None:
+    box, size = tip.bounding_box(), page.viewport_size
+    assert 0 <= box["x"] and box["x"] + box["width"] <= size["width"], box
+    assert 0 <= box["y"] and box["y"] + box["height"] <= size["height"], box
 
 
 def open_html(page, html: str, path) -> None:
@@ -48,17 +55,28 @@ def test_beam_view_renders_and_shows_details_on_hover(page, real_output, artifac
     expect(tip).to_be_hidden()
 
 
-def test_pruned_candidates_expand_and_dead_branches_hide(page, small_tree, artifacts):
+def overlaps(a: dict, b: dict) -> bool:
+    return not (a["x"] + a["width"] <= b["x"] or b["x"] + b["width"] <= a["x"] or
+                a["y"] + a["height"] <= b["y"] or b["y"] + b["height"] <= a["y"])
+
+
+def test_pruned_candidates_are_listed_without_covering_nodes(page, small_tree, artifacts):
     open_html(page, beam_tree_html(small_tree), artifacts / "beam_small.html")
     marker = page.locator(".nbb-more").first
     count = int(marker.get_attribute("data-count"))
     marker.click()
-    card = page.locator(".nbb-card")
-    expect(card).to_be_visible()
-    assert len(card.inner_text().strip().splitlines()) == 1 + count
+    listing = page.locator(".nbb-pruned")
+    expect(listing).to_be_visible()
+    assert len(listing.inner_text().strip().splitlines()) == 1 + count
+    box = listing.bounding_box()
+    nodes = page.locator("g.nbb-node")
+    assert not any(overlaps(box, nodes.nth(i).bounding_box()) for i in range(nodes.count())), "covers no node"
     page.screenshot(path=artifacts / "beam_small_expanded.png")
-    card.click()
-    expect(card).to_have_count(0)
+    marker.click()
+    expect(listing).to_be_hidden()
+    marker.click()
+    listing.click()
+    expect(listing).to_be_hidden()
 
     dead = page.locator("g.nbb-node.nbb-dead").first
     expect(dead).to_be_visible()
@@ -84,8 +102,7 @@ def test_width_8_by_64_steps_is_bounded_and_scrollable(which, page, big_tree, re
     tip = page.locator(".nbllm-tip")
     expect(tip).to_be_visible()
     assert f"score {last.score:.4f}" in tip.inner_text()
-    tip_box, view_box = tip.bounding_box(), page.locator(".nbb").bounding_box()
-    assert view_box["x"] <= tip_box["x"] and tip_box["x"] + tip_box["width"] <= view_box["x"] + view_box["width"] + 1
+    assert_inside_window(page, tip)
     page.screenshot(path=artifacts / f"beam_8x64_{which}_end.png")
 
 
@@ -105,8 +122,9 @@ def test_two_views_in_one_page_do_not_clash(page, small_tree, generated, artifac
               artifacts / "views_together.html")
     views = page.locator(".nbb")
     views.nth(1).locator('[data-node="1"]').hover()
-    expect(views.nth(1).locator(".nbllm-tip")).to_be_visible()
-    expect(views.nth(0).locator(".nbllm-tip")).to_be_hidden()
+    second = views.nth(1).get_attribute("id")
+    expect(page.locator(f'.nbllm-tip[data-for="{second}"]')).to_be_visible()
+    expect(page.locator(".nbllm-tip")).to_have_count(1)  # the other views show none
     assert page.get_by_role("button").count() == 2  # each view set itself up exactly once
 
 
@@ -123,3 +141,28 @@ def test_token_view_renders_and_shows_alternatives(page, generated, artifacts):
     assert f"p {prob(chosen.logprob):.4f}" in text and "top alternatives" in text
     assert len(text.strip().splitlines()) == 2 + len(completion.logprobs[i])
     page.screenshot(path=artifacts / "tokens_hover.png")
+
+
+def test_token_tooltip_near_the_bottom_opens_above_and_adds_no_space(page, generated, artifacts):
+    """A token on the window's last line: the tip opens above it, inside the window; the page does not grow."""
+    filler = '<div style="height: 2000px">(text above the view)</div>'
+    open_html(page, filler + token_view_html(generated) + filler, artifacts / "tokens_bottom.html")
+    last = page.locator(".nbt-t").last
+    last.scroll_into_view_if_needed()
+    size = page.viewport_size
+    page.mouse.wheel(0, last.bounding_box()["y"] - (size["height"] - 30))
+    page.wait_for_timeout(300)
+    token = last.bounding_box()
+    assert token["y"] + token["height"] > size["height"] - 60, "the token sits at the window's bottom"
+    page_height = page.evaluate("document.documentElement.scrollHeight")
+    view_height = page.locator(".nbt").bounding_box()["height"]
+    last.hover()
+    tip = page.locator(".nbllm-tip")
+    expect(tip).to_be_visible()
+    assert_inside_window(page, tip)
+    assert tip.bounding_box()["y"] + tip.bounding_box()["height"] <= last.bounding_box()["y"] + 1, "above the token"
+    assert page.evaluate("document.documentElement.scrollHeight") == page_height
+    assert page.locator(".nbt").bounding_box()["height"] == view_height, "no blank space under the view"
+    page.screenshot(path=artifacts / "tokens_bottom_hover.png")
+    page.mouse.move(1, 1)
+    expect(tip).to_have_count(0)
