@@ -111,7 +111,7 @@ def test_an_interrupt_aborts_the_whole_batch(ip, tiny_llm):
 def test_text_streams_into_one_updating_display(ip, slow):
     ip.user_ns["engine"] = slow
     with capture_output() as captured:
-        ip.run_cell_magic("generate", "--llm engine --max-tokens 40 --out text", "Stream me")
+        ip.run_cell_magic("generate", "--llm engine --max-tokens 40 --ignore-eos --out text", "Stream me")
     text = ip.user_ns["text"]
     *shown, footer = [o.data["text/plain"] for o in captured.outputs]
     assert len(shown) >= 3, "the display is updated while tokens arrive"
