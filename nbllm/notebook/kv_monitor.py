@@ -1,9 +1,12 @@
 """KVCacheMonitor: the engine's KV cache live, a few times a second, as a small anywidget.
 
 The kernel sends numbers, the browser draws them (nbllm.views.kv_monitor_js). A
-daemon thread polls `llm.get_stats()` (the only thing it reads) and sets three
-traits: `series` (the last window of samples as columns), `grid` (one code per KV
-block: the request holding it, shared, cached or free) and `pool`; it never prints.
+daemon thread polls `llm.get_stats()` (the only thing it reads) and sets traits: `latest`
+(the newest reading, a few numbers, which the browser appends to its chart), `grid`
+(one code per KV block, run-length encoded: the request holding it, shared, cached
+or free; sent when it changes), `pool`, and every FULL_SERIES_EVERY readings `series`
+(the whole window, for a view opened later); it never prints. Small messages keep
+it cheap to leave open (docs/notebook.md gives its measured cost).
 Tokens/s is measured here from the engine's generated-token count, over the last
 RATE_WINDOW_S seconds of readings (at least one polling interval), so every value
 covers a real interval (the first reading has none and shows as "–"). While the engine is idle and nothing changes it neither records nor sends.
@@ -26,12 +29,13 @@ from nbllm.metrics import MetricsSnapshot
 from nbllm.notebook.session import resolve_engine
 from nbllm.protocol import EngineClient
 from nbllm.views.kv_monitor_js import KV_MONITOR_ESM
-from nbllm.views.kv_view import KVSample, grid_payload, pool_payload, series_payload
+from nbllm.views.kv_view import KVSample, grid_payload, pool_payload, sample_payload, series_payload
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 _JOIN_TIMEOUT_S = 5.0
+FULL_SERIES_EVERY = 8  # readings between two sends of the whole window (2 s at the default interval)
 RATE_WINDOW_S = 1.0  # tokens/s spans about this long: one 0.25 s interval holds too few tokens to be steady
 NO_METRICS = "this engine reports no metrics, so there is nothing to monitor"
 NO_BLOCK_STATES = "this engine reports no per-block states: there is no block grid"
@@ -43,6 +47,7 @@ class KVCacheMonitor(anywidget.AnyWidget):
 
     _esm = KV_MONITOR_ESM
     series = traitlets.Dict().tag(sync=True)
+    latest = traitlets.Dict().tag(sync=True)
     grid = traitlets.Dict().tag(sync=True)
     pool = traitlets.Dict().tag(sync=True)
     window_s = traitlets.Float(60.0).tag(sync=True)
@@ -61,6 +66,7 @@ class KVCacheMonitor(anywidget.AnyWidget):
         self.interval = float(interval)
         self._samples: deque[KVSample] = deque(maxlen=max_samples)
         self._readings: deque[tuple[float, int]] = deque()  # (timestamp, generation_tokens_total), newest last
+        self._readings_sent = 0
         self.add_class("nbllm-kv-monitor")
         if not self.llm.capabilities.metrics:
             self.note = NO_METRICS
@@ -90,7 +96,10 @@ class KVCacheMonitor(anywidget.AnyWidget):
         self._samples.append(sample)
         with self.hold_sync():  # one message per reading
             self.pool = pool_payload(snapshot)
-            self.series = series_payload(self._samples, self.window_s)
+            if self._readings_sent % FULL_SERIES_EVERY == 0:
+                self.series = series_payload(self._samples, self.window_s)
+            self._readings_sent += 1
+            self.latest = sample_payload(sample)
             if self.llm.capabilities.block_states:
                 self.grid = grid_payload(snapshot)
         return True

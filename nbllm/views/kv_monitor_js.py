@@ -33,6 +33,7 @@ KV_MONITOR_ESM = WATCH_KERNEL_JS + """
 const OWNER_COLOURS = ["#1f77b4", "#ff7f0e", "#9467bd", "#d62728", "#8c564b", "#e377c2", "#17becf",
                        "#bcbd22", "#393b79", "#7f7f7f"];
 const FREE = -1, CACHED = -2, USED = -3;
+const SERIES_KEYS = ["ts", "usage", "running", "waiting", "tokens_per_s", "hit_rate", "preemptions"];
 const STATE_COLOURS = { [FREE]: "#e6e6e6", [CACHED]: "#a5d6a7", [USED]: "#607d8b" };
 const blockColour = (code) => code >= 0 ? OWNER_COLOURS[code % OWNER_COLOURS.length] : STATE_COLOURS[code];
 const esc = (text) => String(text).replace(/[&<>"']/g, (c) => "&#" + c.charCodeAt(0) + ";");
@@ -89,12 +90,28 @@ function render({ model, el }) {
   const head = root.querySelector(".nbllm-kvm-head"), charts = root.querySelector(".nbllm-kvm-charts");
   const legend = root.querySelector(".nbllm-kvm-legend"), canvas = root.querySelector("canvas");
   const note = root.querySelector(".nbllm-kvm-note");
-  let tip = null, cell = 8, columns = 64;
+  let tip = null, cell = 8, columns = 64, blocks = [], series = null;
+
+  // The kernel sends the whole window now and then (`series`) and each new reading (`latest`) in between.
+  function takeSeries() {
+    const sent = model.get("series");
+    series = {};
+    for (const key of SERIES_KEYS) series[key] = (sent[key] || []).slice();
+    appendLatest();
+  }
+  function appendLatest() {
+    const row = model.get("latest");
+    if (!row || row.ts === undefined) return;
+    const n = series.ts.length;
+    if (n && row.ts <= series.ts[n - 1]) return;  // already there
+    for (const key of SERIES_KEYS) series[key].push(row[key]);
+    while (row.ts - series.ts[0] > model.get("window_s")) for (const key of SERIES_KEYS) series[key].shift();
+  }
 
   function drawNumbers() {
-    const s = model.get("series"), pool = model.get("pool"), span = model.get("window_s");
-    const n = s.t.length;
+    const pool = model.get("pool"), span = model.get("window_s"), n = series.ts.length;
     if (!n) { head.textContent = "waiting for the first reading..."; charts.innerHTML = ""; return; }
+    const s = Object.assign({ t: series.ts.map((ts) => ts - series.ts[n - 1]) }, series);
     const lastOf = (key) => s[key][n - 1];
     const rate = lastOf("tokens_per_s");
     head.innerHTML = `<b>KV cache ${fmt(lastOf("usage"), 2)}%</b> of ${fmt(pool.blocks, 0)} blocks ` +
@@ -119,7 +136,9 @@ function render({ model, el }) {
   }
 
   function drawGrid() {
-    const g = model.get("grid"), blocks = g.blocks || [];
+    const g = model.get("grid");
+    blocks = [];
+    for (const [code, count] of g.runs || []) for (let k = 0; k < count; k++) blocks.push(code);
     canvas.style.display = blocks.length ? "block" : "none";
     columns = Math.min(64, Math.max(blocks.length, 1));
     const rows = Math.ceil(blocks.length / columns);
@@ -156,7 +175,7 @@ function render({ model, el }) {
   }
 
   function describe(i) {
-    const g = model.get("grid"), code = g.blocks[i];
+    const g = model.get("grid"), code = blocks[i];
     const shared = (g.shared || []).find(([b]) => b === i);
     if (shared) return `block ${i}: shared by requests ${shared[1].map((k) => g.requests[k]).join(", ")}\\n` +
                        "(a common prompt prefix, or beams forked from one another)";
@@ -169,7 +188,7 @@ function render({ model, el }) {
   canvas.addEventListener("mousemove", (event) => {
     const box = canvas.getBoundingClientRect();
     const col = Math.floor((event.clientX - box.left) / cell), row = Math.floor((event.clientY - box.top) / cell);
-    const i = row * columns + col, blocks = model.get("grid").blocks || [];
+    const i = row * columns + col;
     if (col < 0 || col >= columns || i < 0 || i >= blocks.length) { hideTip(); return; }
     if (!tip) { tip = document.createElement("div"); tip.className = "nbllm-kvm-tip"; document.body.appendChild(tip); }
     tip.textContent = describe(i);
@@ -186,10 +205,12 @@ function render({ model, el }) {
     note.textContent = model.get("note");
     note.classList.toggle("nbllm-error", model.get("note_is_error"));
   }
+  takeSeries();
   drawNumbers();
   drawGrid();
   drawNote();
-  model.on("change:series", drawNumbers);
+  model.on("change:series", () => { takeSeries(); drawNumbers(); });
+  model.on("change:latest", () => { appendLatest(); drawNumbers(); });
   model.on("change:pool", drawNumbers);
   model.on("change:grid", drawGrid);
   model.on("change:note", drawNote);

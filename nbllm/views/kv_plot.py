@@ -71,11 +71,13 @@ def plot_kv_usage(history: Samples, ax: Optional[Axes] = None, title: Optional[s
 def plot_kv_history(history: Sequence[KVSample]) -> Figure:
     """The live monitor's charts as one figure: usage, requests, tokens/s, hit rate, preemptions."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     samples = _checked(history)
     seconds = _seconds(samples)
     fig, axes = plt.subplots(5, 1, figsize=(7, 9), sharex=True, layout="constrained")
     plot_kv_usage(samples, axes[0])
+    axes[0].set_xlabel("")
     axes[1].step(seconds, [s.num_requests_running for s in samples], where="post", color="#2176d2", label="running")
     axes[1].step(seconds, [s.num_requests_waiting for s in samples], where="post", color="#d32f2f", linestyle="--",
                  label="waiting")
@@ -90,5 +92,7 @@ def plot_kv_history(history: Sequence[KVSample]) -> Figure:
     axes[4].set_ylabel("preemptions")
     axes[4].set_xlabel("seconds")
     for ax in axes[1:]:
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(bottom=0, top=max(1.0, ax.get_ylim()[1]))
+    for ax in (axes[1], axes[4]):  # counts
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     return fig

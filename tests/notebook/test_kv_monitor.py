@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 def test_monitor_follows_a_generation_and_stops_on_close(tiny_llm):
     monitor = KVCacheMonitor(tiny_llm, interval=0.01)
     sent = []
-    monitor.observe(lambda change: sent.append(change["new"]), names="series")
+    monitor.observe(lambda change: sent.append(change["new"]), names="latest")
     grids = []
     monitor.observe(lambda change: grids.append(change["new"]), names="grid")
     try:
@@ -31,10 +31,12 @@ def test_monitor_follows_a_generation_and_stops_on_close(tiny_llm):
     finally:
         monitor.close()
     assert max(s.kv_cache_usage_perc for s in monitor.history) > 0
-    assert len(sent) >= 3 and max(max(series["running"]) for series in sent) == 4
+    assert len(sent) >= 3 and max(reading["running"] for reading in sent) == 4
+    assert monitor.series["ts"][-1] <= sent[-1]["ts"], "the whole window is sent now and then"
     busy = [g for g in grids if len(g["requests"]) == 4]
     assert busy, "the grid names the four running requests"
-    assert all(0 <= code < 4 for code in busy[-1]["blocks"] if code >= 0)
+    assert {code for code, _ in busy[-1]["runs"] if code >= 0} <= {0, 1, 2, 3}
+    assert sum(count for _, count in busy[-1]["runs"]) == monitor.pool["blocks"]
     assert monitor.pool["blocks"] == tiny_llm.get_stats().num_blocks_total
     assert not monitor.running
 
@@ -91,7 +93,7 @@ def test_idle_engine_is_not_redrawn(tiny_llm):
     try:
         assert wait_until(lambda: len(monitor.history) == 1)
         sent = []
-        monitor.observe(lambda change: sent.append(change), names=["series", "grid", "pool"])
+        monitor.observe(lambda change: sent.append(change), names=["series", "latest", "grid", "pool"])
         assert monitor.update() is False and len(monitor.history) == 1 and sent == []
         assert NO_BLOCK_STATES not in monitor.note
     finally:
@@ -102,7 +104,7 @@ def test_an_engine_without_block_states_says_so(tiny_llm):
     monitor = KVCacheMonitor(FrozenEngine(tiny_llm.get_stats(), block_states=False), interval=10)
     try:
         assert NO_BLOCK_STATES in monitor.note
-        assert wait_until(lambda: len(monitor.series["t"]) == 1), "the numbers and the charts are still sent"
+        assert wait_until(lambda: len(monitor.series["ts"]) == 1), "the numbers and the charts are still sent"
         assert monitor.grid == {}
     finally:
         monitor.close()
