@@ -18,7 +18,8 @@ TOOLTIP_CSS = """
 # own tooltip does not double the styled one, then shows data-tip on hover. The tip lives on
 # the page's body with a fixed position, so no output area clips it and the view never grows:
 # below the element, or above it where the window ends first, always inside the window (and it
-# follows the element when the page scrolls).
+# follows the element when the page scrolls). Only one is ever on the page, and it goes when its
+# element leaves the page (a view redrawn under the mouse gets no mouseout).
 TOOLTIP_JS = """
 var tip = null, tipFor = null;
 root.querySelectorAll("title").forEach(function (t) {
@@ -29,16 +30,22 @@ root.querySelectorAll("[title]").forEach(function (el) {
   el.setAttribute("data-tip", el.getAttribute("title"));
   el.removeAttribute("title");
 });
+var watch = null;
 function hideTip() {
   if (tip) { tip.remove(); tip = null; tipFor = null; }
+  if (watch) { clearInterval(watch); watch = null; }
 }
 function showTip(el) {
   tipFor = el;
   if (!tip) {
+    // one styled tip on the page: drop any other view's (its element may have been redrawn under the mouse)
+    document.querySelectorAll(".nbllm-tip").forEach(function (other) { other.remove(); });
     tip = document.createElement("div");
     tip.className = "nbllm-tip";
     tip.setAttribute("data-for", root.id);
     document.body.appendChild(tip);
+    // a view redrawn (a live beam tree) or removed while hovered gets no mouseout: its tip goes with it
+    watch = setInterval(function () { if (!tipFor || !tipFor.isConnected) hideTip(); }, 300);
   }
   tip.textContent = el.getAttribute("data-tip");
   var b = el.getBoundingClientRect(), w = tip.offsetWidth, h = tip.offsetHeight, margin = 4;
