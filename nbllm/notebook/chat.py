@@ -297,7 +297,7 @@ class ChatPanel(widgets.VBox):
                 if now - last_update >= _UPDATE_INTERVAL_S and not output.finished and self._is_current(turn):
                     last_update = now
                     self.chat_log.live = turn.reply.html(streaming=True)
-                    self.status.value = status_html(progress_text(output, now - started, "streaming"))
+                    self.status.value = status_html(self._progress(output, now - started, "streaming"))
         except Exception as exc:  # shown in the panel: an exception in a thread would vanish
             error = exc
         finally:
@@ -325,8 +325,15 @@ class ChatPanel(widgets.VBox):
                 if self._entries and self._entries[-1] is reply:
                     self._entries.pop()
         self._sync_log()
-        text = progress_text(output, elapsed, state) if output is not None else state
+        text = self._progress(output, elapsed, state) if output is not None else state
         self.status.value = status_html(_advice(error) if error is not None else text, error=error is not None)
+
+    def _progress(self, output: RequestOutput, elapsed: float, state: str) -> str:
+        """The status line's numbers; characters for an engine without token ids (a server that is not nbllm
+        or vLLM), never a token count of 0 that is wrong."""
+        if self.llm.capabilities.token_ids:
+            return progress_text(output, elapsed, state)
+        return f"{state} · {len(output.outputs[0].text)} characters in {elapsed:.1f}s (the server sends no token ids)"
 
     def _sync_log(self) -> None:
         """Show the entries: the one streaming (if any) as the log's live message, the others finished."""

@@ -9,7 +9,8 @@ A completion that failed (finish_reason "error": a remote server refused the row
 cut its stream, or sent fewer choices than asked) is never passed off as text:
 `run_batch` raises RowsFailed naming the rows, or, with errors="keep", returns them
 for the caller to report; `generate_dataframe` puts the reason in an `error` column
-and leaves the row's text missing.
+and leaves the row's text missing. Token counts are missing (NaN) for an engine that
+returns no token ids (a server that is not nbllm or vLLM): never a count of 0 that is wrong.
 """
 
 from __future__ import annotations
@@ -73,14 +74,16 @@ def generate_dataframe(llm: Optional[EngineClient], prompts: Union[str, Sequence
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     params = sampling_params or engine.get_default_sampling_params()
     outputs = run_batch(engine, prompts, params, use_tqdm=use_tqdm, errors="raise" if errors == "raise" else "keep")
-    rows = [_row(prompt, output, c) for prompt, output in zip(prompts, outputs) for c in output.outputs]
+    counted = engine.capabilities.token_ids
+    rows = [_row(prompt, output, c, counted) for prompt, output in zip(prompts, outputs) for c in output.outputs]
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _row(prompt: str, output: RequestOutput, completion: CompletionOutput) -> dict:
+def _row(prompt: str, output: RequestOutput, completion: CompletionOutput, counted: bool) -> dict:
     failed = completion.finish_reason == "error"
     return {"prompt": prompt, "text": None if failed else completion.text, "finish_reason": completion.finish_reason,
-            "prompt_tokens": len(output.prompt_token_ids or []), "completion_tokens": len(completion.token_ids),
+            "prompt_tokens": len(output.prompt_token_ids or []) if counted else float("nan"),
+            "completion_tokens": len(completion.token_ids) if counted else float("nan"),
             "cumulative_logprob": _or_nan(completion.cumulative_logprob),
             "latency_s": _or_nan(output.metrics.latency if output.metrics is not None else None),
             "error": str(completion.stop_reason) if failed else None}

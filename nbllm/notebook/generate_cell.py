@@ -101,7 +101,8 @@ class PromptProgress:
         for completion in output.outputs:
             self.tokens[completion.index] = len(completion.token_ids)
             self.reasons[completion.index] = completion.finish_reason
-        if self.first_token is None and any(self.tokens):
+        # Text counts too: a server that sends no token ids (llama.cpp's) still sends text.
+        if self.first_token is None and (any(self.tokens) or any(c.text for c in output.outputs)):
             self.first_token = now
         if output.finished:
             self.finished = now
