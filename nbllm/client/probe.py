@@ -5,7 +5,8 @@ token ids; llama.cpp's server has its own /tokenize, no vLLM metrics and one cho
 per request; others have less. `probe` asks: the model list (the model's name and
 context window, and who serves it: `owned_by`), /metrics, /tokenize and /detokenize,
 and one tiny completion (one token, n=2, with logprobs and token ids) to see whether
-the server returns several choices, logprobs and token ids. The answers become
+the server returns several choices, logprobs and token ids (logprobs count only with
+token ids: nbllm keys them by id, and llama.cpp's name tokens by their text). The answers become
 EngineCapabilities and a ServerInfo that RemoteLLM keeps, so that none of its
 properties does network I/O later (`isinstance(x, EngineClient)` reads them all).
 """
@@ -120,4 +121,5 @@ def _sample(http: RetryingClient, model: str) -> tuple[bool, bool, bool]:
     tokens = logprobs.get("tokens") or []
     token_ids = isinstance(first.get("token_ids"), list) or (
         bool(tokens) and all(isinstance(t, str) and t.startswith("token_id:") for t in tokens))
-    return bool(tokens), token_ids, len(choices) >= 2
+    # Logprobs are keyed by token id: llama.cpp's, keyed by token text alone, cannot be passed on.
+    return bool(tokens) and token_ids, token_ids, len(choices) >= 2

@@ -11,7 +11,9 @@ returns. generate/stream/chat are nbllm.batch's, over `submit`: a row that fails
 for good comes back finished with finish_reason "error" and the message as
 stop_reason, while a wrong key or model name, which would fail every row alike,
 raises RemoteError. vLLM's extra sampling options sent to a server that is neither
-vLLM nor nbllm are sent, with one warning per option. Imports neither torch nor the server.
+vLLM nor nbllm are sent, with one warning per option; logprobs asked of a server that
+offers none (`capabilities.logprobs`) warn once too, and outputs carry logprobs=None.
+Imports neither torch nor the server.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ class RemoteLLM:
         self._id_prefix = uuid.uuid4().hex[:8]
         self._last_scrape: Optional[tuple[float, int]] = None
         self._usage = UsageCounter()
-        self._warned: set[str] = set()  # vLLM-only options already warned about
+        self._warned: set[str] = set()  # options already warned about (see _warn_unoffered)
         try:
             self.server: ServerInfo = probe(self._http, model)
         except BaseException:
@@ -245,7 +247,7 @@ class RemoteLLM:
         body = {"model": self.model_name, **payload, "stream": streamed, **request_fields(params, chat=path == _CHAT)}
         if streamed:
             body["stream_options"] = {"include_usage": True}
-        self._warn_vllm_only(body)
+        self._warn_unoffered(body, params)
         calls = [Call(path, body)]
         if params.n > 1 and not self.server.multiple_choices:  # ask once per choice
             seed = params.seed
@@ -258,21 +260,26 @@ class RemoteLLM:
             if request_id in self._requests:
                 raise ValueError(f"request id {request_id!r} is already running")
             stream = RequestStream(request_id, deliver, on_close=self.abort)
-            builder = OutputBuilder(request_id, prompt, params.n, params.logprobs is not None)
+            builder = OutputBuilder(request_id, prompt, params.n,
+                                    params.logprobs is not None and self.capabilities.logprobs)
             request = self._requests[request_id] = RemoteRequest(calls, builder, kind, stream, self._usage.record)
             self._pool.submit(self._run, request)
         return stream
 
-    def _warn_vllm_only(self, body: dict[str, Any]) -> None:
-        """One warning per vLLM-only option sent to a server that is neither vLLM nor nbllm."""
-        if self.server.vllm_compatible:
-            return
+    def _warn_unoffered(self, body: dict[str, Any], params: SamplingParams) -> None:
+        """One warning per option this server will not honour: a vLLM-only option sent to a server that is
+        neither vLLM nor nbllm, and logprobs asked of a server that returns none keyed by token id."""
+        messages = {} if self.server.vllm_compatible else {
+            name: f"{name} is a vLLM option; {self.base_url} (owned_by {self.server.owned_by!r}) is not vLLM "
+                  f"or nbllm and may ignore it" for name in vllm_only_fields(body)}
+        if params.logprobs is not None and not self.capabilities.logprobs:
+            messages["logprobs"] = (f"logprobs are not offered by {self.base_url} (no logprobs keyed by token id: "
+                                    f"capabilities.logprobs is False); outputs carry logprobs=None")
         with self._lock:
-            new = [name for name in vllm_only_fields(body) if name not in self._warned]
+            new = [name for name in messages if name not in self._warned]
             self._warned.update(new)
         for name in new:
-            warnings.warn(f"{name} is a vLLM option; {self.base_url} (owned_by {self.server.owned_by!r}) is not vLLM "
-                          f"or nbllm and may ignore it", UserWarning, stacklevel=4)
+            warnings.warn(messages[name], UserWarning, stacklevel=4)
 
     def _run(self, request: RemoteRequest) -> None:
         try:

@@ -10,7 +10,10 @@ have finish_reason "error" and the reason as stop_reason (choices the server nev
 sent, a stream cut off, a response that stopped short); a call the server refuses
 outright (RemoteError) is put as the stream's exception instead; when aborted, one
 with finish_reason "abort", put at once by the aborting thread, whose open stream is
-cut so that the server aborts too. `on_end` then sees the builder (usage counts).
+cut so that the server aborts too. `on_end` sees the builder (usage counts) once the
+last call is over: before the final output is put when the request completes (so
+whoever sees the end sees the counts), and after it otherwise. A stream's final output
+is put after the stream ends, since a usage chunk may follow the last choice's end.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class RemoteRequest:
         self._done = False
         self._aborted = False
         self._response: Optional[httpx.Response] = None  # the open event stream, for abort to cut
+        self._recorded = False  # on_end has seen the builder
 
     @property
     def request_id(self) -> str:
@@ -61,7 +65,6 @@ class RemoteRequest:
         """Send the calls and put their outputs until the request ends (returns at once if aborted while queued)."""
         if self._done:
             return
-        ok = False
         try:
             offset = 0
             for call in self.calls:
@@ -70,18 +73,17 @@ class RemoteRequest:
                     self._read_events(http, call, offset)
                 else:
                     self._read_response(http, call)
-                self.builder.end_call()
+                self.builder.end_call(streamed=bool(call.body.get("stream")))
                 if self._aborted:
                     return
                 offset += call.num_choices
-            ok = self._finish()
+            self._finish()
         except (RowError, httpx.HTTPError, ValueError) as exc:
             self._fail(str(exc) or type(exc).__name__)
         except Exception as exc:  # RemoteError, or a bug: whoever reads the stream gets it raised
             self._end(exc)
         finally:
-            if self._on_end is not None:
-                self._on_end(self.builder, ok)
+            self._record(False)
 
     def abort(self) -> None:
         """End the request now with finish_reason "abort" (no-op once ended) and cut its open stream."""
@@ -116,8 +118,8 @@ class RemoteRequest:
                 with self._lock:
                     if self._aborted:
                         return
-                    self.builder.add(event)  # after the last choice ends, a usage chunk may still come
-                    if event.get("choices") and not self._done:
+                    self.builder.add(event)
+                    if event.get("choices") and not self._done and not self.builder.finished:  # the end: _finish
                         self._put(self.builder.output(delta=self._delta))
             ended = True
         except httpx.TransportError as exc:
@@ -129,19 +131,24 @@ class RemoteRequest:
         if not ended and not self._aborted and any(c.finish_reason is None for c in covered):
             raise RowError("the server cut the stream off before the request finished")
 
-    def _finish(self) -> bool:
-        """After the last call: end with the final output, or with errors for what the server left out."""
-        if self._done:  # the stream's last choice ended it already
-            return True
+    def _finish(self) -> None:
+        """After the last call: record it, then end with the final output or with errors for what the server left
+        out."""
         n = len(self.builder.choices)
         missing = [i for i in range(n) if i not in self.builder.answered]
+        self._record(not missing and self.builder.finished)
         if missing:
             self._fail(f"the server answered {n - len(missing)} of {n} choices (choices {missing} never came)")
         elif not self.builder.finished:
             self._fail("the server's response left a completion unfinished")
         else:
             self._put(self.builder.output(delta=self._delta))
-        return not missing and self.builder.finished
+
+    def _record(self, ok: bool) -> None:
+        """Hand the builder to on_end, once."""
+        if self._on_end is not None and not self._recorded:
+            self._recorded = True
+            self._on_end(self.builder, ok)
 
     def _put(self, output: RequestOutput) -> None:
         """Under the lock: one output, or the last one when it is finished (FINAL_ONLY: only that one)."""

@@ -2,7 +2,9 @@
 
 A server without vLLM's /metrics still reports `usage` on each response, so a
 RemoteLLM can say how many requests it sent and how many tokens went in and came
-out, and at what rate. `snapshot` puts those counts in a MetricsSnapshot whose
+out, and at what rate (a stream without usage, as llama-cpp-python's, counts its
+text chunks as generated tokens and its prompt not at all: OutputBuilder.end_call).
+`snapshot` puts those counts in a MetricsSnapshot whose
 server-side fields (KV cache, queues, latency histograms) are empty: they are not
 known here, and `capabilities.metrics` stays False to say so.
 """

@@ -154,7 +154,8 @@ class OutputBuilder:
         self.prompt_tokens = 0  # from usage
         self.completion_tokens = 0
         self.index_offset = 0  # where the server's choice 0 goes (RemoteLLM asks n times when it must)
-        self._call_completion_tokens = 0
+        self._call_completion_tokens: Optional[int] = None  # this call's usage, once it sends one
+        self._call_text_chunks = 0  # choices that carried text in this call's chunks
 
     @property
     def finished(self) -> bool:
@@ -174,10 +175,18 @@ class OutputBuilder:
         for choice in event.get("choices") or []:
             self._add_choice(choice)
 
-    def end_call(self) -> None:
-        """One HTTP call is over: its usage counts."""
-        self.completion_tokens += self._call_completion_tokens
-        self._call_completion_tokens = 0
+    def end_call(self, streamed: bool) -> None:
+        """One HTTP call is over: its usage counts.
+
+        A stream that sent neither usage nor token ids (llama-cpp-python ignores stream_options)
+        counts one token per chunk that carried text: such a server sends each token in its own
+        chunk (a token that ends mid-character carries none, so this is a lower bound).
+        """
+        if self._call_completion_tokens is not None:
+            self.completion_tokens += self._call_completion_tokens
+        elif streamed and not any(c.token_ids for c in self.choices):
+            self.completion_tokens += self._call_text_chunks
+        self._call_completion_tokens, self._call_text_chunks = None, 0
 
     def _add_choice(self, choice: dict) -> None:
         index = choice.get("index", 0)
@@ -187,7 +196,9 @@ class OutputBuilder:
         self.answered.add(index)
         out = self.choices[index]
         message = choice.get("message") or choice.get("delta") or {}
-        out.text += choice.get("text") or message.get("content") or ""
+        piece = choice.get("text") or message.get("content") or ""
+        out.text += piece
+        self._call_text_chunks += bool(piece)
         self.prompt_token_ids = choice.get("prompt_token_ids") or self.prompt_token_ids
         if choice.get("prompt_logprobs") is not None:
             self.prompt_logprobs = _prompt_logprobs(choice["prompt_logprobs"])

@@ -3,8 +3,9 @@
 It must say what it cannot do instead of failing late or silently: capabilities from
 the probe on connect (no network I/O afterwards, even for isinstance), n choices by
 asking n times, explicit errors for cut streams (never fragments passed off as text),
-no retry of a deterministic 500, counts from `usage`, one warning per vLLM-only option,
-one concurrency limit shared by all callers.
+no retry of a deterministic 500, counts from `usage` (from the chunks of a stream that
+sends none), one warning per vLLM-only option, logprobs keyed by token text refused
+with a warning instead of coming back empty, one concurrency limit shared by all callers.
 """
 
 import threading
@@ -70,6 +71,7 @@ def test_dataframes_get_an_error_column_or_raise(remote):
     table = generate_dataframe(remote, prompts, PARAMS, use_tqdm=False)
     assert table["text"].tolist()[0::2] == ["b a ", "d c "] and pd.isna(table["text"][1])
     assert table["error"].isna().tolist() == [True, False, True] and "cut" in table["error"][1]
+    assert table[["prompt_tokens", "completion_tokens"]].isna().all().all(), "unknown counts, never a wrong 0"
     with pytest.raises(RowsFailed, match="1 of 3 prompts failed"):
         generate_dataframe(remote, prompts, PARAMS, use_tqdm=False, errors="raise")
     frame = pd.DataFrame({"word": ["x", "CUT one two three four"]})
@@ -91,6 +93,24 @@ def test_counts_come_from_usage(remote):
     stats = remote.get_stats()
     assert stats.requests_finished_total == 2 and stats.prompt_tokens_total == 5
     assert stats.generation_tokens_total == 5 and stats.num_blocks_total == 0
+
+
+def test_streamed_tokens_are_counted_without_usage_in_the_stream(remote):
+    list(remote.stream("one two three", PARAMS))  # three words come as three chunks and no usage
+    list(remote.stream_chat([{"role": "user", "content": "four five"}], PARAMS))
+    stats = remote.get_stats()
+    assert stats.requests_finished_total == 2 and stats.generation_tokens_total == 5
+
+
+def test_logprobs_without_token_ids_warn_once_and_come_back_as_none(remote):
+    assert not remote.capabilities.logprobs, "logprobs named by token text cannot be keyed by id"
+    with pytest.warns(UserWarning, match="logprobs are not offered") as caught:
+        [output] = remote.generate("a b", PARAMS.updated(logprobs=2), use_tqdm=False)
+    assert len(caught) == 1 and output.outputs[0].logprobs is None and output.outputs[0].text == "b a "
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        *_, last = remote.stream("c d", PARAMS.updated(logprobs=1))
+    assert last.outputs[0].logprobs is None and last.outputs[0].text == "d c "
 
 
 def test_vllm_only_options_warn_once_each(remote):
@@ -142,3 +162,17 @@ def test_nbllm_connect_verifies_and_status_says_what_is_missing(peer, capsys):
 def test_a_wrong_key_or_dead_url_fails_on_connect(peer):
     with pytest.raises(RemoteError, match="does not serve the model"):
         RemoteLLM(peer.url, model="other")
+
+
+def test_notebook_views_never_show_a_wrong_count_of_zero_tokens(remote):
+    from nbllm import ChatPanel
+    from nbllm.notebook.generate_cell import PromptProgress
+    from nbllm.outputs import CompletionOutput, RequestOutput
+
+    panel = ChatPanel(remote, sampling_params=PARAMS)
+    panel.send_message("one two")
+    assert panel.wait(30) and panel.messages[-1]["content"] == "two one "
+    assert "8 characters" in panel.status.value and "tokens" not in panel.status.value
+    progress = PromptProgress(started=1.0, completions=1)  # %%generate's time to first token, from text alone
+    progress.take(RequestOutput("r", "p", [], None, [CompletionOutput(0, "two ", [], None, None)], False), now=1.5)
+    assert progress.summary().time_to_first_token == 0.5

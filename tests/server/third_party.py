@@ -2,8 +2,10 @@
 
 Like llama.cpp's: /v1/models says `owned_by: llamacpp` and no context window; there is
 no /metrics; /tokenize reads `content` (so a vLLM-style `prompt` tokenizes to nothing)
-and there is no /detokenize; every answer has one choice whatever `n` asks, no
-logprobs and no token ids, but `usage`. The reply is the prompt's words reversed.
+and there is no /detokenize; every answer has one choice whatever `n` asks and no
+token ids; a completion's logprobs name tokens by their text only; a plain answer has
+`usage`, a stream none (llama-cpp-python ignores stream_options). The reply is the
+prompt's words reversed.
 Prompts steer it: "CUT" cuts a stream (or a plain response) off mid-way, "FAIL500"
 answers 500. It counts the calls it gets and the most it served at once.
 """
@@ -65,11 +67,12 @@ def build(counters: Counters, delay_s: float = 0.0) -> FastAPI:
             usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(words),
                      "total_tokens": len(prompt.split()) + len(words)}
             if body.get("stream"):
-                return StreamingResponse(_events(words, chat, usage, cut="CUT" in prompt),
+                return StreamingResponse(_events(words, chat, cut="CUT" in prompt, logprobs=body.get("logprobs")),
                                          media_type="text/event-stream")
             text = "".join(words)
             choice = {"index": 0, "finish_reason": "stop",
-                      **({"message": {"role": "assistant", "content": text}} if chat else {"text": text})}
+                      **({"message": {"role": "assistant", "content": text}} if chat else {"text": text}),
+                      **({"logprobs": _text_logprobs(words)} if body.get("logprobs") and not chat else {})}
             payload = json.dumps({"id": "x", "object": "chat.completion" if chat else "text_completion",
                                   "created": int(time.time()), "model": MODEL, "choices": [choice], "usage": usage})
             if "CUT" in prompt:
@@ -89,16 +92,22 @@ def build(counters: Counters, delay_s: float = 0.0) -> FastAPI:
     return app
 
 
-async def _events(words: list[str], chat: bool, usage: dict, cut: bool):
+def _text_logprobs(words: list[str]) -> dict:
+    """llama.cpp's completion logprobs: tokens named by their text, with no id to key them by."""
+    return {"tokens": words, "token_logprobs": [-0.5] * len(words), "top_logprobs": [{w: -0.5} for w in words],
+            "text_offset": list(range(len(words)))}
+
+
+async def _events(words: list[str], chat: bool, cut: bool, logprobs):
     for i, word in enumerate(words):
         if cut and i == 2:
             raise ConnectionAbortedError("cut on purpose")  # uvicorn drops the connection mid-stream
         last = i == len(words) - 1
         choice = {"index": 0, "finish_reason": "stop" if last else None,
-                  **({"delta": {"content": word}} if chat else {"text": word})}
+                  **({"delta": {"content": word}} if chat else {"text": word}),
+                  **({"logprobs": _text_logprobs([word])} if logprobs and not chat else {})}
         yield f"data: {json.dumps({'id': 'x', 'choices': [choice]})}\n\n"
         await asyncio.sleep(0)
-    yield f"data: {json.dumps({'id': 'x', 'choices': [], 'usage': usage})}\n\n"
     yield "data: [DONE]\n\n"
 
 
