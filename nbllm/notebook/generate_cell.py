@@ -91,15 +91,18 @@ class PromptProgress:
     first_token: Optional[float] = None
     finished: Optional[float] = None
     tokens: list[int] = field(init=False)  # per completion, so far
+    characters: list[int] = field(init=False)  # per completion, so far
     reasons: list[Optional[str]] = field(init=False)  # per completion; None while it runs
 
     def __post_init__(self) -> None:
         self.tokens = [0] * self.completions
+        self.characters = [0] * self.completions
         self.reasons = [None] * self.completions
 
     def take(self, output: RequestOutput, now: float) -> None:
         for completion in output.outputs:
             self.tokens[completion.index] = len(completion.token_ids)
+            self.characters[completion.index] = len(completion.text)
             self.reasons[completion.index] = completion.finish_reason
         # Text counts too: a server that sends no token ids (llama.cpp's) still sends text.
         if self.first_token is None and (any(self.tokens) or any(c.text for c in output.outputs)):
@@ -110,7 +113,10 @@ class PromptProgress:
     def summary(self) -> GenerationSummary:
         end = self.finished if self.finished is not None else time.monotonic()
         ttft = self.first_token - self.started if self.first_token is not None else None
-        return GenerationSummary([r or "unfinished" for r in self.reasons], sum(self.tokens), end - self.started, ttft)
+        # text with no token ids: the engine sends none (text needs at least one token), so the count is unknown
+        tokens = None if sum(self.characters) and not sum(self.tokens) else sum(self.tokens)
+        return GenerationSummary([r or "unfinished" for r in self.reasons], tokens, end - self.started, ttft,
+                                 sum(self.characters))
 
 
 @dataclass
@@ -125,6 +131,14 @@ class CellRun:
     @property
     def tokens(self) -> int:
         return sum(sum(p.tokens) for p in self.progress)
+
+    @property
+    def generated(self) -> str:
+        """What was generated, for the interrupt line: "N tokens", or characters where no token ids came."""
+        characters = sum(sum(p.characters) for p in self.progress)
+        if characters and not self.tokens:
+            return f"{characters} characters"
+        return f"{self.tokens} token{'' if self.tokens == 1 else 's'}"
 
 
 class LiveOutput:

@@ -219,7 +219,7 @@ class NbllmMagics(Magics):
             run = generate_cell.stream_into_output(llm, prompts, params, args.format, chat, args.system)
         self._store(args.out, generate_cell.result_value(run.texts))
         if run.interrupted:
-            raise generate_cell.CellInterrupted(_interrupted(f"{run.tokens} tokens", args.out))
+            raise generate_cell.CellInterrupted(_interrupted(run.generated, args.out))
         if args.logprobs is not None:
             generate_cell.show_token_probabilities(run.finals)
         if args.format == "code":

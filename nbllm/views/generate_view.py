@@ -18,18 +18,26 @@ EMPTY_COMPLETION = "(empty completion)"
 
 @dataclass(frozen=True)
 class GenerationSummary:
-    """One prompt's generation as the notebook measured it."""
+    """One prompt's generation as the notebook measured it.
+
+    `tokens` is None when the engine sent text but no token ids (a server that is not
+    nbllm or vLLM): the footer then counts `characters` instead of showing a wrong 0.
+    """
 
     finish_reasons: list[str]  # one per completion
-    tokens: int
+    tokens: Optional[int]
     seconds: float
     time_to_first_token: Optional[float]
+    characters: int = 0
 
 
 def footer_line(summary: GenerationSummary) -> str:
     reasons = ", ".join(summary.finish_reasons)
-    rate = summary.tokens / summary.seconds if summary.seconds > 0 else 0.0
     ttft = f"{summary.time_to_first_token:.2f} s" if summary.time_to_first_token is not None else "none"
+    if summary.tokens is None:
+        return (f"{reasons} · {summary.characters} characters in {summary.seconds:.1f} s "
+                f"(the engine sends no token ids) · TTFT {ttft}")
+    rate = summary.tokens / summary.seconds if summary.seconds > 0 else 0.0
     return (f"{reasons} · {summary.tokens} tokens in {summary.seconds:.1f} s · {rate:.1f} tokens/s · "
             f"TTFT {ttft}")
 

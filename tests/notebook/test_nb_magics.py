@@ -326,7 +326,7 @@ def test_an_interrupt_is_one_line_and_keeps_the_text(ip, tiny_llm):
         result = ip.run_cell("%%generate --llm engine --max-tokens 100 --out partial\nOnce upon a time")
     assert isinstance(result.error_in_exec, generate_cell.CellInterrupted)
     assert isinstance(result.error_in_exec, KeyboardInterrupt), "still an interrupt: a Run All stops here"
-    assert captured.stdout.strip() == "interrupted after 1 tokens; the text so far is in partial", captured.stdout
+    assert captured.stdout.strip() == "interrupted after 1 token; the text so far is in partial", captured.stdout
     assert "Traceback" not in captured.stdout + captured.stderr
     shown = [o.data["text/plain"] for o in captured.outputs]
     partial = ip.user_ns["partial"]
