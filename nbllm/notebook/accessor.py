@@ -36,15 +36,30 @@ def template_fields(template: str) -> list[str]:
 
 
 def generate_column(rows: list[Optional[str]], llm: Optional[EngineClient], sampling_params: Optional[SamplingParams],
-                    chat: bool, system: Optional[str], n: int, use_tqdm: bool) -> list[Any]:
-    """One result per row (None where the row's prompt is None); each distinct prompt runs once."""
+                    chat: bool, system: Optional[str], n: int, use_tqdm: bool,
+                    errors: str = "raise") -> tuple[list[Any], list[Optional[str]]]:
+    """One result per row (None where the row's prompt is None) and one error per row; each distinct prompt
+    runs once.
+
+    errors="raise": RowsFailed if a completion failed (every error is None); "column": a failed row's result
+    is None and its error the reason (with n > 1, the reasons of its failed completions, joined).
+    """
+    if errors not in ("raise", "column"):
+        raise ValueError(f'errors must be "raise" or "column", got {errors!r}')
     engine = resolve_engine(llm)
     params = (sampling_params or engine.get_default_sampling_params()).updated(n=n)
     counts = Counter(p for p in rows if p is not None)  # keeps first-seen order
     unique = list(counts)
-    outputs = run_batch(engine, unique, params, chat, system, [counts[p] for p in unique], use_tqdm)
-    texts = {p: [c.text for c in o.outputs] for p, o in zip(unique, outputs)}
-    return [None if p is None else (texts[p][0] if n == 1 else texts[p]) for p in rows]
+    outputs = run_batch(engine, unique, params, chat, system, [counts[p] for p in unique], use_tqdm,
+                        errors="raise" if errors == "raise" else "keep")
+    texts, reasons = {}, {}
+    for prompt, output in zip(unique, outputs):
+        failed = [str(c.stop_reason) for c in output.outputs if c.finish_reason == "error"]
+        reasons[prompt] = "; ".join(failed) if failed else None
+        texts[prompt] = None if failed and n == 1 else [None if c.finish_reason == "error" else c.text
+                                                         for c in output.outputs]
+    results = [None if p is None or texts[p] is None else (texts[p][0] if n == 1 else texts[p]) for p in rows]
+    return results, [None if p is None else reasons[p] for p in rows]
 
 
 def _is_missing(value: Any) -> bool:
@@ -67,19 +82,24 @@ class LLMDataFrameAccessor:
 
     def generate(self, template: str, out: str = "completion", sampling_params: Optional[SamplingParams] = None,
                  chat: bool = False, system: Optional[str] = None, n: int = 1, llm: Optional[EngineClient] = None,
-                 use_tqdm: bool = True, choice: Optional[Sequence[str]] = None) -> pd.DataFrame:
+                 use_tqdm: bool = True, choice: Optional[Sequence[str]] = None,
+                 errors: str = "raise") -> pd.DataFrame:
         """Fill `{column}` placeholders per row, generate, and return a copy with column `out`.
 
-        With `choice`, each completion is one of those labels and the column is categorical.
+        With `choice`, each completion is one of those labels and the column is categorical. A row whose
+        completion failed (a remote server refused it or cut it off) raises RowsFailed (errors="raise"), or
+        (errors="column") gets a missing result and its reason in a column `{out}_error`.
         """
         rows = self._prompts(template)
         params = with_choice(sampling_params, choice, llm) if choice is not None else sampling_params
-        results = generate_column(rows, llm, params, chat, system, n, use_tqdm)
+        results, reasons = generate_column(rows, llm, params, chat, system, n, use_tqdm, errors)
         frame = self._frame.copy()
         if choice is not None and n == 1:
             frame[out] = choice_column(results, choice, frame.index)
         else:
             frame[out] = pd.Series(results, index=frame.index, dtype=object if n > 1 else None)
+        if errors == "column":
+            frame[f"{out}_error"] = pd.Series(reasons, index=frame.index, dtype=object)
         return frame
 
     def extract(self, template: str, schema: Union[dict, type], sampling_params: Optional[SamplingParams] = None,
@@ -89,7 +109,8 @@ class LLMDataFrameAccessor:
         and return a copy with one typed column per property (replacing columns of the same name)."""
         extraction = Extraction(schema)
         rows = self._prompts(template)
-        texts = generate_column(rows, llm, extraction.sampling_params(sampling_params, llm), chat, system, 1, use_tqdm)
+        texts, _ = generate_column(rows, llm, extraction.sampling_params(sampling_params, llm), chat, system, 1,
+                                   use_tqdm)
         frame = self._frame.copy()
         for name, column in extraction.columns(texts, frame.index).items():
             frame[name] = column
@@ -120,11 +141,12 @@ class LLMSeriesAccessor:
                  use_tqdm: bool = True, choice: Optional[Sequence[str]] = None) -> pd.Series:
         """Fill `{}` with each value, generate, and return the completions with the same index.
 
-        With `choice`, each completion is one of those labels and the Series is categorical.
+        With `choice`, each completion is one of those labels and the Series is categorical. A failed
+        completion raises RowsFailed (`s.to_frame().llm.generate(..., errors="column")` keeps the reasons).
         """
         rows = self._prompts(template)
         params = with_choice(sampling_params, choice, llm) if choice is not None else sampling_params
-        results = generate_column(rows, llm, params, chat, system, n, use_tqdm)
+        results, _ = generate_column(rows, llm, params, chat, system, n, use_tqdm)
         if choice is not None and n == 1:
             return choice_column(results, choice, self._series.index, self._series.name)
         return pd.Series(results, index=self._series.index, name=self._series.name, dtype=object if n > 1 else None)
@@ -136,7 +158,8 @@ class LLMSeriesAccessor:
         model), and return a frame with the same index and one typed column per property."""
         extraction = Extraction(schema)
         rows = self._prompts(template)
-        texts = generate_column(rows, llm, extraction.sampling_params(sampling_params, llm), chat, system, 1, use_tqdm)
+        texts, _ = generate_column(rows, llm, extraction.sampling_params(sampling_params, llm), chat, system, 1,
+                                   use_tqdm)
         return pd.DataFrame(extraction.columns(texts, self._series.index), index=self._series.index)
 
     def _prompts(self, template: str) -> list[Optional[str]]:

@@ -77,6 +77,11 @@ def test_dataframes_get_an_error_column_or_raise(remote):
     frame = pd.DataFrame({"word": ["x", "CUT one two three four"]})
     with pytest.raises(RowsFailed):
         frame.llm.generate("{word}", llm=remote, sampling_params=PARAMS, use_tqdm=False)
+    kept = frame.llm.generate("{word}", llm=remote, sampling_params=PARAMS, use_tqdm=False, errors="column")
+    assert kept["completion"].tolist()[0] == "x " and pd.isna(kept["completion"][1])
+    assert pd.isna(kept["completion_error"][0]) and "cut" in kept["completion_error"][1]
+    with pytest.raises(ValueError, match='errors must be "raise" or "column"'):
+        frame.llm.generate("{word}", llm=remote, errors="ignore")
 
 
 def test_a_500_is_not_retried(remote, peer):
