@@ -68,7 +68,7 @@ def run_notebook(rounds: int, tokens: int, interval: float) -> dict:
         "name": "python3", "display_name": "Python 3", "language": "python"}})
     notebook.cells = [nbformat.v4.new_code_cell(SETUP.format(tokens=tokens)),
                       nbformat.v4.new_code_cell(ROUNDS.format(rounds=rounds, interval=interval))]
-    NotebookClient(notebook, timeout=None, kernel_name="python3").execute()
+    NotebookClient(notebook, timeout=None, startup_timeout=600, kernel_name="python3").execute()
     for output in notebook.cells[-1].outputs:
         for line in output.get("text", "").splitlines():
             if line.startswith("RESULT "):
