@@ -9,7 +9,7 @@ as [T]; nothing here knows about requests.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import torch
 from torch import nn
@@ -40,8 +40,9 @@ class LlamaAttention(nn.Module):
         self.attn = Attention(self.num_heads, self.head_dim, self.num_kv_heads, self.head_dim ** -0.5,
                               sliding_window=sliding_window_for(config, layer_idx))
 
-    def forward(self, hidden: torch.Tensor, rotary: RotaryEmbedding, rope: tuple[torch.Tensor, torch.Tensor],
-                kv_cache: KVCache, meta: AttentionMetadata) -> torch.Tensor:
+    def project(self, hidden: torch.Tensor, rotary: RotaryEmbedding,
+                rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q [T, Hq, D], k and v [T, Hkv, D]: the projections, q/k norms and rotary, without the cache."""
         t = hidden.shape[0]
         qkv = self.qkv_proj(hidden)  # [T, (Hq + 2 Hkv) * D]
         heads = self.num_heads + self.num_kv_heads
@@ -51,8 +52,7 @@ class LlamaAttention(nn.Module):
             qk = torch.cat((self.q_norm(qk[:, :self.num_heads]), self.k_norm(qk[:, self.num_heads:])), dim=1)
         if self.use_rope:
             qk = rotary.rotate(qk, rope)  # q and k rotated in one pass
-        out = self.attn(qk[:, :self.num_heads], qk[:, self.num_heads:], v, kv_cache, meta)
-        return self.o_proj(out)
+        return qk[:, :self.num_heads], qk[:, self.num_heads:], v
 
 
 class LlamaMLP(nn.Module):
@@ -77,10 +77,45 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = LlamaMLP(config)
 
-    def forward(self, hidden: torch.Tensor, rotary: RotaryEmbedding, rope: tuple[torch.Tensor, torch.Tensor],
-                kv_cache: KVCache, meta: AttentionMetadata) -> torch.Tensor:
-        hidden = hidden + self.self_attn(self.input_layernorm(hidden), rotary, rope, kv_cache, meta)
+    # A layer's two dense halves, on either side of the paged attention (which writes the KV cache).
+    def before_attention(self, hidden: torch.Tensor, rotary: RotaryEmbedding, rope: tuple[torch.Tensor, torch.Tensor]
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.self_attn.project(self.input_layernorm(hidden), rotary, rope)
+
+    def after_attention(self, hidden: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+        hidden = hidden + self.self_attn.o_proj(attn_out)
         return hidden + self.mlp(self.post_attention_layernorm(hidden))
+
+
+def first_region(layer: LlamaDecoderLayer, hidden: torch.Tensor, rotary: RotaryEmbedding,
+                 rope: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The first layer's q, k, v."""
+    return layer.before_attention(hidden, rotary, rope)
+
+
+def between_region(layer: LlamaDecoderLayer, next_layer: LlamaDecoderLayer, hidden: torch.Tensor,
+                   attn_out: torch.Tensor, rotary: RotaryEmbedding, rope: tuple[torch.Tensor, torch.Tensor]
+                   ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """From one layer's attention output to the next layer's q, k, v: (hidden, (q, k, v))."""
+    hidden = layer.after_attention(hidden, attn_out)
+    return hidden, next_layer.before_attention(hidden, rotary, rope)
+
+
+def last_region(layer: LlamaDecoderLayer, hidden: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+    """The last layer's output."""
+    return layer.after_attention(hidden, attn_out)
+
+
+class DenseRegions(NamedTuple):
+    """The code between two attentions, as three callables: eager (the functions above), or compiled
+    (nbllm.engine.cpu_compile), which is why a whole stretch from one attention to the next is one call."""
+
+    first: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    between: Callable[..., tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]
+    last: Callable[..., torch.Tensor]
+
+
+EAGER_REGIONS = DenseRegions(first_region, between_region, last_region)
 
 
 class LlamaModel(nn.Module):
@@ -93,11 +128,17 @@ class LlamaModel(nn.Module):
         self.rotary = build_rotary(config, self.layers[0].self_attn.head_dim)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache],
-                meta: AttentionMetadata) -> torch.Tensor:
+                meta: AttentionMetadata, regions: DenseRegions = EAGER_REGIONS) -> torch.Tensor:
         hidden = self.embed_tokens(input_ids)  # [T, H]
         rope = self.rotary.lookup(positions, hidden.dtype)  # once per step, for every layer
-        for layer, kv_cache in zip(self.layers, kv_caches):
-            hidden = layer(hidden, self.rotary, rope, kv_cache, meta)
+        layers = self.layers
+        q, k, v = regions.first(layers[0], hidden, self.rotary, rope)
+        for i, (layer, kv_cache) in enumerate(zip(layers, kv_caches)):
+            attn_out = layer.self_attn.attn(q, k, v, kv_cache, meta)  # [T, Hq * D]
+            if i + 1 < len(layers):
+                hidden, (q, k, v) = regions.between(layer, layers[i + 1], hidden, attn_out, self.rotary, rope)
+            else:
+                hidden = regions.last(layer, hidden, attn_out)
         return self.norm(hidden)
 
 
@@ -105,6 +146,7 @@ class LlamaForCausalLM(nn.Module):
     """Llama and Mistral; subclasses switch on Qwen's differences."""
 
     qk_norm = False
+    dense_regions = EAGER_REGIONS  # what nbllm.engine.cpu_compile compiles
     packed_modules = {"q_proj": ("qkv_proj", 0), "k_proj": ("qkv_proj", 1), "v_proj": ("qkv_proj", 2),
                       "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1)}
 
@@ -132,11 +174,24 @@ class LlamaForCausalLM(nn.Module):
         return [True] * config.num_hidden_layers
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache],
-                meta: AttentionMetadata) -> torch.Tensor:
-        return self.model(input_ids, positions, kv_caches, meta)
+                meta: AttentionMetadata, regions: DenseRegions = EAGER_REGIONS) -> torch.Tensor:
+        return self.model(input_ids, positions, kv_caches, meta, regions)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)
+
+    def warm_up_regions(self, regions: DenseRegions, num_tokens: int) -> None:
+        """Call each of `regions` once on zeros of `num_tokens` tokens (which compiles compiled ones)."""
+        inner = self.model
+        layers, rotary = inner.layers, inner.rotary
+        norm = inner.norm.weight  # [H], in the activations' dtype
+        hidden = torch.zeros(num_tokens, norm.shape[0], dtype=norm.dtype, device=norm.device)
+        rope = rotary.lookup(torch.zeros(num_tokens, dtype=torch.int64, device=norm.device), hidden.dtype)
+        q, _, _ = regions.first(layers[0], hidden, rotary, rope)
+        attn_out = q.new_zeros(num_tokens, q.shape[1] * q.shape[2])
+        if len(layers) > 1:
+            regions.between(layers[0], layers[1], hidden, attn_out, rotary, rope)
+        regions.last(layers[-1], hidden, attn_out)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         self.tie_weights()
