@@ -9,11 +9,16 @@ STAMP := $(VENV)/.nbllm-installed
 
 .PHONY: setup demo test test-fast bench docs docs-build clean system-deps
 
-# Debian packages that the browser tests need (skipped where already present).
+# Debian packages that the browser tests need, and the C++ compiler of torch.compile's CPU decode
+# steps (nbllm/engine/cpu_compile.py) (skipped where already present).
 system-deps:
 	@if [ ! -x /usr/bin/chromium ]; then \
 		(apt-get update -q && apt-get install -y -q --no-install-recommends chromium fonts-dejavu-core) \
 		|| echo "warning: could not install chromium; browser tests will fail"; \
+	fi
+	@if ! command -v g++ >/dev/null; then \
+		(apt-get update -q && apt-get install -y -q --no-install-recommends g++) \
+		|| echo "warning: could not install g++; CPU decode steps will run eagerly"; \
 	fi
 
 $(VENV)/bin/python:

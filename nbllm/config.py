@@ -78,9 +78,11 @@ class EngineConfig:
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
     attention_backend: str = "auto"
-    enforce_eager: bool = False  # True: no CUDA graphs for decode steps (they apply on CUDA only)
+    enforce_eager: bool = False  # True: no CUDA graphs (CUDA) and no compiled decode steps (CPU)
     max_seq_len_to_capture: int = 8192  # nbllm's decode graphs cover every length up to max_model_len
-    compilation_config: Optional[Union[int, dict]] = None  # nbllm does not use torch.compile
+    # vLLM's level (or a dict with "level"/"mode"): 0 runs CPU decode steps eagerly, > 0 compiles their dense
+    # regions (nbllm/engine/cpu_compile.py); None: compiled for quantized CPU models unless NBLLM_COMPILE=0
+    compilation_config: Optional[Union[int, dict]] = None
     num_threads: Optional[int] = None  # torch intra-op threads on CPU; None keeps torch's choice
     disable_log_stats: bool = False  # nbllm logs no periodic stats; get_stats() works either way
 

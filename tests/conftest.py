@@ -12,6 +12,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("NBLLM_COMPILE", "0")  # no torch.compile unless a test asks (compilation_config=3)
 
 
 def _cuda_available() -> bool:

@@ -16,6 +16,7 @@ from torch import nn
 
 from nbllm.config import DEFAULT_CPU_KV_CACHE_BYTES, EngineConfig
 from nbllm.engine.block_manager import NULL_BLOCK_ID
+from nbllm.engine.cpu_compile import CompiledDecode, compiled_decode_for
 from nbllm.engine.cuda_graphs import decode_graph_runner_for
 from nbllm.engine.scheduler import ScheduledRequest, SchedulerOutput
 from nbllm.engine.step_result import StepResult
@@ -63,6 +64,7 @@ class ModelRunner:
         self.device = device
         self.dtype = dtype
         self.max_model_len = max_model_len
+        self.quantized = False  # set by _load_model
         self.model: Optional[nn.Module] = self._load_model()
         self.weights_offloaded = False  # True while asleep with the weights moved to the CPU (CUDA, level 1)
         self.vocab_size = hf_config.vocab_size
@@ -75,6 +77,7 @@ class ModelRunner:
         self.num_blocks = self._decide_num_blocks(max_model_len)
         self.kv_caches = self._allocate_kv_caches()
         self.decode_graphs = self._capture_decode_graphs()
+        self.compiled_decode = self._compiled_decode()
         generator = torch.Generator(device=device)
         generator.manual_seed(config.seed)
         self.sampler = Sampler(generator, config.logprobs_mode)
@@ -82,6 +85,7 @@ class ModelRunner:
     def _load_model(self) -> nn.Module:
         quantization = resolve_quantization(self.config.quantization, self.config.dtype, self.model_path,
                                             self.device)
+        self.quantized = quantization is not None
         if quantization is not None:
             return build_quantized_model(self.hf_config, self.model_path, quantization)
         model = build_model(self.hf_config, self.model_path, self.dtype, self.device)
@@ -94,6 +98,11 @@ class ModelRunner:
             self.model, self.kv_caches, self.attention_backend, enforce_eager=self.config.enforce_eager,
             device=self.device, block_size=self.block_size, max_num_seqs=self.config.max_num_seqs,
             max_model_len=self.max_model_len, log=logger.info)
+
+    def _compiled_decode(self) -> Optional[CompiledDecode]:
+        if self.decode_graphs is not None:
+            return None
+        return compiled_decode_for(self.model, self.config, self.device, self.quantized)
 
     # ----------------------------------------------------------------- sleep mode
     @property
@@ -110,6 +119,7 @@ class ModelRunner:
         self._pool = None
         if level == 2:
             self.model = None
+            self.compiled_decode = None
         elif self.device.type == "cuda" and self.model is not None:
             self.model.to("cpu")
             self.weights_offloaded = True
@@ -122,6 +132,7 @@ class ModelRunner:
         if "weights" in tags:
             if self.model is None:
                 self.model = self._load_model()
+                self.compiled_decode = self._compiled_decode()
             elif self.weights_offloaded:
                 self.model.to(self.device)
             self.weights_offloaded = False
@@ -176,6 +187,7 @@ class ModelRunner:
         self.kv_caches = []
         self._pool = None
         self.model = None
+        self.compiled_decode = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -193,6 +205,8 @@ class ModelRunner:
         input_ids, positions, meta = self._prepare_inputs(scheduled)
         if self.decode_graphs is not None and self.decode_graphs.can_run(meta):
             hidden = self.decode_graphs.run(input_ids, positions, meta)  # [T, H]
+        elif self.compiled_decode is not None and self.compiled_decode.can_run(meta):
+            hidden = self.compiled_decode.run(input_ids, positions, self.kv_caches, meta)
         else:
             hidden = self.model(input_ids, positions, self.kv_caches, meta)
 

@@ -1,0 +1,118 @@
+"""Decode steps on CPUs with the dense code between two attentions compiled by torch.compile (Inductor, C++).
+
+A decode step is about 500 small operations around the matrix products (RMSNorm, rotary, residual
+adds, SiLU, dtype conversions around the int4 kernel); Inductor fuses those between one layer's
+attention and the next layer's into one region call. The KV-cache writes and the paged attention
+stay eager, outside the regions: compiled, the writes into the pool would be functionalized into
+copies. A model opts in with a ``dense_regions`` attribute (nbllm.models.llama.DenseRegions), a
+``regions`` argument of its forward and ``warm_up_regions(regions, num_tokens)``; the three region
+functions are compiled once and shared by every layer (their modules are arguments, not constants).
+
+Regions are compiled on the first decode-only step, for one token and for a symbolic batch size, so
+later batch sizes never recompile; Inductor's caches (under nbllm's cache folder unless
+``TORCHINDUCTOR_CACHE_DIR`` is set) make a later process load them instead of compiling again.
+Without a C++ compiler, or when compiling fails, the engine warns once and runs eagerly.
+
+On by default only where it was measured to help: CPUs, quantized weights (nbllm/quant). Off with
+``enforce_eager=True``, ``compilation_config=0`` or ``NBLLM_COMPILE=0`` in the environment (the test
+suite sets it); ``compilation_config=3`` (any level > 0) turns it on for float weights as well.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import warnings
+from typing import Any, Callable, Optional, Union
+
+import torch
+from torch import nn
+
+from nbllm.default_model import cache_dir
+from nbllm.layers.attention_backend import AttentionMetadata, KVCache
+
+logger = logging.getLogger(__name__)
+ENV_SWITCH = "NBLLM_COMPILE"
+_WARM_UP_SIZES = (1, 2, 3)  # 1 is specialized; the second size makes the batch dimension symbolic
+
+
+def compile_level(compilation_config: Optional[Union[int, dict]]) -> Optional[int]:
+    """vLLM's compilation level (or mode) from its argument; None: not given, nbllm decides."""
+    if isinstance(compilation_config, dict):
+        level = compilation_config.get("level", compilation_config.get("mode"))
+        return None if level is None else int(level)
+    return compilation_config
+
+
+def wants_compiled_decode(config: Any, device: torch.device, quantized: bool) -> bool:
+    """Whether this engine compiles its decode steps (before knowing whether the model can)."""
+    if device.type != "cpu" or config.enforce_eager:
+        return False
+    level = compile_level(config.compilation_config)
+    if level is not None:
+        return level > 0
+    return quantized and os.environ.get(ENV_SWITCH, "1") != "0"
+
+
+def find_cxx_compiler() -> Optional[str]:
+    """The C++ compiler Inductor will call (``$CXX``, else g++, c++ or clang++), or None."""
+    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+class CompiledDecode:
+    """The model's forward for decode-only steps, its dense regions compiled (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, compile_fn: Callable[..., Callable] = torch.compile):
+        self.model = model
+        self._compile_fn = compile_fn
+        self._regions = None  # compiled on the first decode step
+        self.failed = False  # compiling failed: eager from then on
+
+    def can_run(self, meta: AttentionMetadata) -> bool:
+        return not self.failed and meta.num_decodes == meta.num_seqs
+
+    def run(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache],
+            meta: AttentionMetadata) -> torch.Tensor:
+        if self._regions is None:
+            self._compile()
+        if not self.failed:
+            try:
+                return self.model(input_ids, positions, kv_caches, meta, self._regions)
+            except Exception as exc:  # a recompile that fails; rerunning rewrites the same cache slots
+                self._give_up(exc)
+        return self.model(input_ids, positions, kv_caches, meta)
+
+    def _compile(self) -> None:
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
+        eager = self.model.dense_regions
+        regions = type(eager)(*(self._compile_fn(fn, fullgraph=True) for fn in eager))
+        try:
+            for size in _WARM_UP_SIZES:
+                self.model.warm_up_regions(regions, size)
+        except Exception as exc:  # Inductor raises many kinds (no compiler, unsupported op, C++ errors)
+            self._give_up(exc)
+            return
+        self._regions = regions  # only now: an interrupt during the compile leaves it to the next step
+
+    def _give_up(self, exc: Exception) -> None:
+        self.failed = True
+        warnings.warn(f"nbllm: compiling the CPU decode step failed, running it eagerly ({exc!r:.300})",
+                      RuntimeWarning, stacklevel=3)
+
+
+def compiled_decode_for(model: nn.Module, config: Any, device: torch.device, quantized: bool
+                        ) -> Optional[CompiledDecode]:
+    """A CompiledDecode when this engine should and can compile its decode steps, else None (with a warning
+    when it should but cannot)."""
+    if not wants_compiled_decode(config, device, quantized) or getattr(model, "dense_regions", None) is None:
+        return None
+    if find_cxx_compiler() is None:
+        warnings.warn("nbllm: no C++ compiler found (g++, c++ or clang++; or set CXX), so the CPU decode step "
+                      "runs eagerly; `make system-deps` installs g++", RuntimeWarning, stacklevel=2)
+        return None
+    logger.info("CPU decode steps: dense regions compiled with torch.compile on the first decode step")
+    return CompiledDecode(model)
