@@ -123,6 +123,14 @@ def test_interrupt_while_compiling_leaves_the_engine_usable(compiled_llm, eager_
         compiled_llm._loop.call(lambda e: setattr(runner, "compiled_decode", working))
 
 
+def test_sleep_level_2_rebuilds_the_compiled_decode_for_the_reloaded_weights(compiled_llm, eager_outputs):
+    compiled_llm.sleep(level=2)
+    compiled_llm.wake_up()
+    runner = runner_of(compiled_llm)
+    assert runner.compiled_decode is not None and runner.compiled_decode.model is runner.model
+    assert_same_outputs(compiled_llm.generate(PROMPTS[:3], GREEDY, use_tqdm=False), eager_outputs[3])
+
+
 def test_no_compiler_warns_and_runs_eagerly(tiny_llama_path, monkeypatch, eager_outputs):
     monkeypatch.setattr(cpu_compile, "find_cxx_compiler", lambda: None)
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
