@@ -23,6 +23,10 @@ def main() -> None:
     chat_prompts = [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
                                                   add_generation_prompt=True) for q in CHAT_QUESTIONS]
     prompts = chat_prompts + PLAIN_PROMPTS
+    t0 = time.perf_counter()
+    llm.generate(PLAIN_PROMPTS[0], SamplingParams(temperature=0, max_tokens=2), use_tqdm=False)
+    print(f"warm-up in {time.perf_counter() - t0:.1f}s (on CPUs the first decode step of a process compiles the "
+          f"decode code: about 30 s once per machine, a few seconds after)")
     labels = CHAT_QUESTIONS + PLAIN_PROMPTS
     params = SamplingParams(temperature=0, max_tokens=64)
 

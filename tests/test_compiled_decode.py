@@ -5,6 +5,7 @@ minute on a 2-core machine the first time; Inductor's caches make later runs fas
 """
 
 import _thread
+import os
 import threading
 import time
 
@@ -165,3 +166,19 @@ def test_when_decode_steps_are_compiled(monkeypatch, kwargs, device, quantized, 
         monkeypatch.setenv("NBLLM_COMPILE", env)
     config = EngineConfig(**kwargs)
     assert wants_compiled_decode(config, torch.device(device), quantized) is expected
+
+
+def test_the_inductor_cache_goes_under_nbllms_cache_unless_the_user_chose_one(monkeypatch, tmp_path):
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.setenv("NBLLM_CACHE_DIR", str(tmp_path / "nbllm"))
+    # torch writes its /tmp default into the variable the first time anything asks: not a user's choice
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
+    cpu_compile.use_inductor_cache_under_nbllm()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "nbllm" / "inductor")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    cpu_compile.use_inductor_cache_under_nbllm()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "nbllm" / "inductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    cpu_compile.use_inductor_cache_under_nbllm()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")

@@ -63,6 +63,19 @@ def find_cxx_compiler() -> Optional[str]:
     return None
 
 
+def use_inductor_cache_under_nbllm() -> None:
+    """Point Inductor's cache at `<nbllm cache>/inductor` unless the user chose a folder.
+
+    Inductor writes its default (a folder in /tmp) into TORCHINDUCTOR_CACHE_DIR the first time any code asks
+    for its cache folder, so a value equal to that default counts as not chosen.
+    """
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if chosen is None or os.path.abspath(chosen) == os.path.abspath(default_cache_dir()):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir() / "inductor")
+
+
 class CompiledDecode:
     """The model's forward for decode-only steps, its dense regions compiled (see the module docstring)."""
 
@@ -87,7 +100,7 @@ class CompiledDecode:
         return self.model(input_ids, positions, kv_caches, meta)
 
     def _compile(self) -> None:
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
+        use_inductor_cache_under_nbllm()
         eager = self.model.dense_regions
         regions = type(eager)(*(self._compile_fn(fn, fullgraph=True) for fn in eager))
         try:
