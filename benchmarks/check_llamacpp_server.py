@@ -111,7 +111,8 @@ def run_checks(url: str, table: Table) -> None:
     try:
         remote = RemoteLLM(url, max_concurrency=2, timeout=120)
     except RemoteError as exc:
-        table.check("connect", lambda: (False, f"RemoteError: {exc}"))
+        message = f"RemoteError: {exc}"  # the except variable is gone once the block ends
+        table.check("connect", lambda: (False, message))
         return
     with remote:
         caps = remote.capabilities

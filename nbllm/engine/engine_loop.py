@@ -26,11 +26,11 @@ import threading
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Sequence, Union
 
 from nbllm.engine.input_processor import NewBeamSearch, NewRequest
 from nbllm.engine.llm_engine import LLMEngine
-from nbllm.streams import RequestStream, wait_for
+from nbllm.streams import RequestStream
 
 logger = logging.getLogger(__name__)
 

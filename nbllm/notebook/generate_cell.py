@@ -53,16 +53,16 @@ def split_prompts(body: str) -> list[str]:
 def interpolate(prompt: str, namespace: Mapping[str, Any]) -> str:
     """Fill `{name}` fields from namespace; `{{` and `}}` stay literal braces."""
     try:
-        fields = [field for _, field, _, _ in string.Formatter().parse(prompt) if field is not None]
+        fields = [spec for _, spec, _, _ in string.Formatter().parse(prompt) if spec is not None]
     except ValueError as exc:
         raise UsageError(f"%%generate: {exc} in the prompt; write {{{{ and }}}} for literal braces") from None
-    for field in fields:
-        name = re.split(r"[.\[]", field, maxsplit=1)[0]
+    for spec in fields:
+        name = re.split(r"[.\[]", spec, maxsplit=1)[0]
         if not name or name.isdigit():
-            raise UsageError(f"%%generate: {{{field}}} names no variable; write {{name}} to fill in a variable, "
+            raise UsageError(f"%%generate: {{{spec}}} names no variable; write {{name}} to fill in a variable, "
                              f"or {{{{ and }}}} for literal braces")
         if name not in namespace:
-            raise UsageError(f"%%generate: the prompt uses {{{field}}} but no variable named {name!r} is defined")
+            raise UsageError(f"%%generate: the prompt uses {{{spec}}} but no variable named {name!r} is defined")
     try:
         return prompt.format_map(namespace)
     except Exception as exc:  # an attribute, index or format spec that does not fit the value

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from jupyter_browser import (CHROMIUM, CHROMIUM_ARGS, Front, assert_no_errors, open_and_run_all, start_server,
-                             wait_for)
+from headless_chromium import CHROMIUM, launch_chromium
+from jupyter_browser import Front, assert_no_errors, open_and_run_all, start_server, wait_for
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "notebook-browser"
 FAST_TRIES = 10
@@ -63,12 +63,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
+    yield from launch_chromium()
 
 
 @pytest.fixture(autouse=True)
