@@ -155,7 +155,7 @@ def test_logprobs_show_the_token_view(ip):
 
 
 def test_logprob_table_fallback(tiny_llm):
-    output = tiny_llm.generate("Hi", SamplingParams(max_tokens=3, logprobs=2), use_tqdm=False)[0]
+    output = tiny_llm.generate("Hi", SamplingParams(max_tokens=3, logprobs=2, ignore_eos=True), use_tqdm=False)[0]
     table = generate_cell.logprob_table(output.outputs[0])
     assert list(table.columns) == ["position", "token", "logprob", "alternatives"] and len(table) == 3
     assert (table["logprob"] <= 0).all()

@@ -27,7 +27,7 @@ def test_beam_search_concurrency_limit_gives_the_same_results(tiny_llm):
 
 
 def test_get_metrics_is_vllms_list_of_metric_objects(tiny_llm):
-    tiny_llm.generate(["Hello", "Hi"], SamplingParams(max_tokens=3), use_tqdm=False)
+    tiny_llm.generate(["Hello", "Hi"], SamplingParams(max_tokens=3, ignore_eos=True), use_tqdm=False)
     metrics = {m.name: m for m in tiny_llm.get_metrics()}
     assert isinstance(metrics["vllm:num_requests_running"], Gauge)
     assert isinstance(metrics["vllm:generation_tokens"], Counter) and metrics["vllm:generation_tokens"].value >= 6
