@@ -1,6 +1,6 @@
 """What the live KV-cache monitor costs a generation: decode speed with it displayed and without.
 
-    python benchmarks/bench_kv_monitor.py [--rounds 10] [--tokens 320] [--interval 0.25]
+    python benchmarks/bench_kv_monitor.py [--rounds 10] [--tokens 320] [--interval 0.5]
 
 The monitor only runs for real inside a kernel (its thread sends widget messages to a
 front end), so this runs a generated notebook in a fresh IPython kernel (nbclient): the
@@ -86,7 +86,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--tokens", type=int, default=320)
-    parser.add_argument("--interval", type=float, default=0.25, help="the monitor's seconds between readings")
+    parser.add_argument("--interval", type=float, default=0.5, help="the monitor's seconds between readings")
     args = parser.parse_args()
     print(f"CPU: {cpu_description()}; load average at start {os.getloadavg()}")
     results = run_notebook(args.rounds, args.tokens, args.interval)

@@ -35,8 +35,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 _JOIN_TIMEOUT_S = 5.0
-FULL_SERIES_EVERY = 8  # readings between two sends of the whole window (2 s at the default interval)
-RATE_WINDOW_S = 1.0  # tokens/s spans about this long: one 0.25 s interval holds too few tokens to be steady
+FULL_SERIES_EVERY = 4  # readings between two sends of the whole window (2 s at the default interval)
+RATE_WINDOW_S = 1.0  # tokens/s spans about this long: one short interval holds too few tokens to be steady
 NO_METRICS = "this engine reports no metrics, so there is nothing to monitor"
 NO_BLOCK_STATES = "this engine reports no per-block states: there is no block grid"
 ENGINE_STOPPED = "the engine has shut down; monitor stopped"
@@ -54,7 +54,7 @@ class KVCacheMonitor(anywidget.AnyWidget):
     note = traitlets.Unicode("").tag(sync=True)
     note_is_error = traitlets.Bool(False).tag(sync=True)
 
-    def __init__(self, llm: Optional[EngineClient] = None, interval: float = 0.25, max_samples: int = 4800,
+    def __init__(self, llm: Optional[EngineClient] = None, interval: float = 0.5, max_samples: int = 4800,
                  window_s: float = 60.0) -> None:
         self._stop = threading.Event()  # first: close() (run by __del__ too) must work if __init__ fails
         self._thread: Optional[threading.Thread] = None

@@ -69,7 +69,7 @@ def _connect_parser() -> MagicArgumentParser:
 
 def _monitor_parser() -> MagicArgumentParser:
     parser = MagicArgumentParser(prog="nbllm monitor", description="Show a live KV-cache monitor.")
-    parser.add_argument("--interval", type=float, default=0.25, help="seconds between updates")
+    parser.add_argument("--interval", type=float, default=0.5, help="seconds between updates")
     return parser
 
 
