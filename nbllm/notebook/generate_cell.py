@@ -88,6 +88,7 @@ class PromptProgress:
 
     started: float
     completions: int
+    counts_tokens: bool = True  # the engine sends token ids (capabilities.token_ids); else characters are counted
     first_token: Optional[float] = None
     finished: Optional[float] = None
     tokens: list[int] = field(init=False)  # per completion, so far
@@ -113,8 +114,7 @@ class PromptProgress:
     def summary(self) -> GenerationSummary:
         end = self.finished if self.finished is not None else time.monotonic()
         ttft = self.first_token - self.started if self.first_token is not None else None
-        # text with no token ids: the engine sends none (text needs at least one token), so the count is unknown
-        tokens = None if sum(self.characters) and not sum(self.tokens) else sum(self.tokens)
+        tokens = sum(self.tokens) if self.counts_tokens else None
         return GenerationSummary([r or "unfinished" for r in self.reasons], tokens, end - self.started, ttft,
                                  sum(self.characters))
 
@@ -135,9 +135,8 @@ class CellRun:
     @property
     def generated(self) -> str:
         """What was generated, for the interrupt line: "N tokens", or characters where no token ids came."""
-        characters = sum(sum(p.characters) for p in self.progress)
-        if characters and not self.tokens:
-            return f"{characters} characters"
+        if not all(p.counts_tokens for p in self.progress):
+            return f"{sum(sum(p.characters) for p in self.progress)} characters"
         return f"{self.tokens} token{'' if self.tokens == 1 else 's'}"
 
 
@@ -174,7 +173,7 @@ def stream_into_output(llm: EngineClient, prompts: Sequence[str], params: Sampli
     """
     batch = submit_prompts(llm, prompts, params, chat, system)
     started = time.monotonic()
-    run = CellRun([[""] * params.n for _ in prompts], [], [PromptProgress(started, params.n) for _ in prompts])
+    run = CellRun([[""] * params.n for _ in prompts], [], [PromptProgress(started, params.n, llm.capabilities.token_ids) for _ in prompts])
     finals: list[Optional[RequestOutput]] = [None] * len(prompts)
     live = LiveOutput(fmt)
     live.show("")

@@ -20,8 +20,8 @@ EMPTY_COMPLETION = "(empty completion)"
 class GenerationSummary:
     """One prompt's generation as the notebook measured it.
 
-    `tokens` is None when the engine sent text but no token ids (a server that is not
-    nbllm or vLLM): the footer then counts `characters` instead of showing a wrong 0.
+    `tokens` is None for an engine that sends no token ids (`capabilities.token_ids` False: a
+    server that is not nbllm or vLLM): the footer then counts `characters` instead of a wrong 0.
     """
 
     finish_reasons: list[str]  # one per completion
@@ -36,7 +36,7 @@ def footer_line(summary: GenerationSummary) -> str:
     ttft = f"{summary.time_to_first_token:.2f} s" if summary.time_to_first_token is not None else "none"
     if summary.tokens is None:
         return (f"{reasons} · {summary.characters} characters in {summary.seconds:.1f} s "
-                f"(the engine sends no token ids) · TTFT {ttft}")
+                f"(the server sends no token ids) · TTFT {ttft}")
     rate = summary.tokens / summary.seconds if summary.seconds > 0 else 0.0
     return (f"{reasons} · {summary.tokens} tokens in {summary.seconds:.1f} s · {rate:.1f} tokens/s · "
             f"TTFT {ttft}")

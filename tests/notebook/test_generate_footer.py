@@ -1,4 +1,4 @@
-"""%%generate's footer counts tokens, or characters where the engine sends text without token ids."""
+"""%%generate's footer counts tokens, or characters where the engine sends no token ids (capabilities)."""
 
 from __future__ import annotations
 
@@ -23,12 +23,12 @@ def test_tokens_and_rate_when_token_ids_come():
 
 def test_characters_not_a_wrong_zero_when_no_token_ids_come():
     """A server such as llama.cpp's streams text and no token ids: 0 tokens would be false."""
-    progress = PromptProgress(started=10.0, completions=1)
+    progress = PromptProgress(started=10.0, completions=1, counts_tokens=False)
     progress.take(output(" Paris", [], False), 10.2)
     progress.take(output(" Paris is", [], True), 10.5)
     summary = progress.summary()
     assert summary.tokens is None
-    assert footer_line(summary) == "length · 9 characters in 0.5 s (the engine sends no token ids) · TTFT 0.20 s"
+    assert footer_line(summary) == "length · 9 characters in 0.5 s (the server sends no token ids) · TTFT 0.20 s"
 
 
 def test_an_empty_completion_is_zero_tokens():
