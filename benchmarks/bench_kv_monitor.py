@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 from pathlib import Path
 
@@ -76,12 +77,6 @@ def run_notebook(rounds: int, tokens: int, interval: float) -> dict:
     raise RuntimeError(f"the benchmark notebook printed no result: {notebook.cells[-1].outputs}")
 
 
-def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=10)
@@ -93,11 +88,11 @@ def main() -> None:
     for mode in ("off", "on"):
         rates = [rate for rate, _ in results[mode]]
         cpu = [per_token for _, per_token in results[mode]]
-        print(f"monitor {mode:3}: tokens/s median {median(rates):.1f} ({min(rates):.1f}-{max(rates):.1f}), "
-              f"process CPU per token median {median(cpu):.2f} ms")
+        print(f"monitor {mode:3}: tokens/s median {statistics.median(rates):.1f} ({min(rates):.1f}-{max(rates):.1f}), "
+              f"process CPU per token median {statistics.median(cpu):.2f} ms")
     ratios = [on[0] / off[0] for on, off in zip(results["on"], results["off"])]
     print(f"with/without per round: {[round(r, 3) for r in ratios]}")
-    print(f"median ratio {median(ratios):.3f} (interval {args.interval} s; target >= 0.98); "
+    print(f"median ratio {statistics.median(ratios):.3f} (interval {args.interval} s; target >= 0.98); "
           f"load average at end {os.getloadavg()}")
 
 

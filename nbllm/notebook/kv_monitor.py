@@ -1,4 +1,4 @@
-"""KVCacheMonitor: the engine's KV cache live, a few times a second, as a small anywidget.
+"""KVCacheMonitor: the engine's KV cache live, twice a second by default, as a small anywidget.
 
 The kernel sends numbers, the browser draws them (nbllm.views.kv_monitor_js). A
 daemon thread polls `llm.get_stats()` (the only thing it reads) and sets traits: `latest`
@@ -9,7 +9,8 @@ or free; sent when it changes), `pool`, and every FULL_SERIES_EVERY readings `se
 it cheap to leave open (docs/notebook.md gives its measured cost).
 Tokens/s is measured here from the engine's generated-token count, over the last
 RATE_WINDOW_S seconds of readings (at least one polling interval), so every value
-covers a real interval (the first reading has none and shows as "–"). While the engine is idle and nothing changes it neither records nor sends.
+covers a real interval (the first reading has none and shows as "–"). While the
+engine is idle and nothing changes it neither records nor sends.
 The thread stops on `stop()`/`close()` or when the engine shuts down
 (`llm.is_running` turns False). `history` keeps the samples for `plot()`. What the
 engine cannot report (`llm.capabilities`: no metrics at all, or no per-block states
