@@ -84,6 +84,10 @@ class EngineConfig:
     # regions (nbllm/engine/cpu_compile.py); None: compiled for quantized CPU models unless NBLLM_COMPILE=0
     compilation_config: Optional[Union[int, dict]] = None
     num_threads: Optional[int] = None  # torch intra-op threads on CPU; None keeps torch's choice
+    # nbllm's own: quantized CPU linears also keep bfloat16 copies of their weights (2 bytes a weight) for decode
+    # steps of 12 or more sequences, which then see bfloat16-rounded weights; None: where the CPU has bfloat16
+    # instructions and the copies take at most 1 GiB (nbllm/quant/loading.py)
+    dense_weight_copies: Optional[bool] = None
     disable_log_stats: bool = False  # nbllm logs no periodic stats; get_stats() works either way
 
     def __post_init__(self) -> None:

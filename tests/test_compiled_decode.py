@@ -8,6 +8,7 @@ import _thread
 import os
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from nbllm import LLM, SamplingParams
 from nbllm.config import EngineConfig
 from nbllm.engine import cpu_compile
 from nbllm.engine.cpu_compile import CompiledDecode, wants_compiled_decode
+from nbllm.layers.quantized_linear import DENSE_MIN_ROWS
 
 PROMPTS = ["Once upon a time", "The capital of", "def add(a, b):", "Hello", "A B C"]
 GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True, logprobs=2)
@@ -182,3 +184,10 @@ def test_the_inductor_cache_goes_under_nbllms_cache_unless_the_user_chose_one(mo
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
     cpu_compile.use_inductor_cache_under_nbllm()
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
+
+
+def test_compiled_steps_serve_batches_below_the_dense_copies_threshold(compiled_llm):
+    compiled = runner_of(compiled_llm).compiled_decode
+    assert compiled.can_run(SimpleNamespace(num_decodes=DENSE_MIN_ROWS - 1, num_seqs=DENSE_MIN_ROWS - 1))
+    assert not compiled.can_run(SimpleNamespace(num_decodes=DENSE_MIN_ROWS, num_seqs=DENSE_MIN_ROWS))
+    assert not compiled.can_run(SimpleNamespace(num_decodes=1, num_seqs=2))  # a prefill in the step

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import test_gguf_convert as tiny_gguf
 import torch
+import torch.nn.functional as F
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as QType
 from gguf.quants import dequantize
@@ -19,7 +20,7 @@ from safetensors.torch import save_file
 from nbllm import LLM, SamplingParams
 from nbllm.config import EngineConfig
 from nbllm.engine.model_runner import build_model
-from nbllm.layers.quantized_linear import QuantizedEmbedding, QuantizedLinear
+from nbllm.layers.quantized_linear import DENSE_MIN_ROWS, DenseProducts, QuantizedEmbedding, QuantizedLinear
 from nbllm.loader import load_hf_config, resolve_model_path, weight_files
 from nbllm.quant import packed_cache
 from nbllm.quant.gguf_blocks import decode
@@ -191,6 +192,56 @@ def test_quantization_choice(tiny_llama_path, tiny_gguf_model):
         resolve_quantization("int4", "bfloat16", tiny_llama_path, cpu)
 
 
+# ----------------------------------------------------------------------------- dense copies
+def test_dense_copy_serves_products_of_many_rows_once_turned_on():
+    torch.manual_seed(0)
+    quant = GroupQuant.from_float(torch.randn(80, 96), 4)
+    plain, dense = QuantizedLinear(96, [80], bias=False, bits=4), QuantizedLinear(96, [80], bias=False, bits=4)
+    dense.keep_dense = True
+    for layer in (plain, dense):
+        layer.load_shard(0, "weight", quant)  # finalized on its last piece
+    exact = quant.dequantize()
+    assert plain.dense_weight is None and torch.equal(dense.dense_weight, exact.to(torch.bfloat16))
+    small, many = torch.randn(DENSE_MIN_ROWS - 1, 96), torch.randn(DENSE_MIN_ROWS, 96)
+    assert torch.equal(dense(many), plain(many))  # kept, not used until turned on
+    switch = DenseProducts(torch.nn.Sequential(plain, dense))
+    assert switch.layers == [dense]
+    switch.set(True)
+    assert torch.equal(dense(small), plain(small))
+    out = dense(many)
+    assert torch.equal(out, F.linear(many.bfloat16(), exact.bfloat16()).float())
+    assert not torch.equal(out, plain(many))
+    assert_within_tolerance(out, many, exact)
+    switch.set(False)
+    assert torch.equal(dense(many), plain(many))
+
+
+def test_engine_uses_dense_copies_only_for_large_decode_batches(tiny_llama_path):
+    args = dict(quantization="int8", num_kv_blocks=128, block_size=8, compilation_config=0)
+    greedy = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True, logprobs=1, prompt_logprobs=1)
+    prompts = [{"prompt_token_ids": [(7 * i + j) % 200 + 3 for i in range(20)]} for j in range(DENSE_MIN_ROWS)]
+    with LLM(str(tiny_llama_path), dense_weight_copies=False, **args) as plain:
+        expected = plain.generate(prompts, greedy, use_tqdm=False)
+    with LLM(str(tiny_llama_path), dense_weight_copies=True, **args) as llm:
+        linears = [m for m in llm.llm_engine.runner.model.modules() if isinstance(m, QuantizedLinear)]
+        assert linears and all(m.dense_weight is not None for m in linears)
+        alone = llm.generate(prompts[0], greedy, use_tqdm=False)[0]
+        batch = llm.generate(prompts, greedy, use_tqdm=False)
+        assert llm.llm_engine.runner.dense_products.enabled  # the batch's decode steps had DENSE_MIN_ROWS sequences
+    # one request alone never has DENSE_MIN_ROWS rows in a decode step: the int4 kernel throughout
+    assert alone.outputs[0].cumulative_logprob == expected[0].outputs[0].cumulative_logprob
+    gaps = []
+    for ours, theirs in zip(batch, expected):
+        # prefills run on the int4 kernel whatever the batch: prompt logprobs and first tokens equal
+        assert ours.prompt_logprobs == theirs.prompt_logprobs
+        assert ours.outputs[0].logprobs[0] == theirs.outputs[0].logprobs[0]
+        gaps += [abs(next(iter(a.values())).logprob - next(iter(b.values())).logprob)
+                 for a, b in zip(ours.outputs[0].logprobs[1:], theirs.outputs[0].logprobs[1:])]
+    print(f"decode logprobs of a batch of {DENSE_MIN_ROWS}, dense copies against the int4 kernel: "
+          f"mean gap {sum(gaps) / len(gaps):.4f}, largest {max(gaps):.4f}")
+    assert 0 < max(gaps) < 0.3 and sum(gaps) / len(gaps) < 0.05
+
+
 def test_packed_weights_are_cached_beside_the_converted_folder(tiny_gguf_model):
     folder, _ = tiny_gguf_model
     hf_config = load_hf_config(folder)
@@ -210,3 +261,9 @@ def test_packed_weights_are_cached_beside_the_converted_folder(tiny_gguf_model):
     rebuilt = build_quantized_model(hf_config, folder, "gguf")
     assert torch.equal(rebuilt.lm_head.packed_weight, built.lm_head.packed_weight)
     assert packed_cache.restore(build_quantized_model(hf_config, folder, "gguf"), cached)
+    # dense copies: a file without them is rebuilt with them; a model that wants none leaves them unread
+    with_copies = build_quantized_model(hf_config, folder, "gguf", dense_copies=True)
+    assert with_copies.lm_head.dense_weight is not None
+    restored = build_quantized_model(hf_config, folder, "gguf", dense_copies=True)
+    assert torch.equal(restored.lm_head.dense_weight, with_copies.lm_head.dense_weight)
+    assert build_quantized_model(hf_config, folder, "gguf").lm_head.dense_weight is None

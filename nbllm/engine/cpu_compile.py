@@ -9,7 +9,9 @@ copies. A model opts in with a ``dense_regions`` attribute (nbllm.models.llama.D
 functions are compiled once and shared by every layer (their modules are arguments, not constants).
 
 Regions are compiled on the first decode-only step, for one token and for a symbolic batch size, so
-later batch sizes never recompile; Inductor's caches (under nbllm's cache folder unless
+later batch sizes never recompile; they serve batches below DENSE_MIN_ROWS only, from where quantized
+linears may switch to their dense copies (that would be a second graph, compiled mid-serving, for steps
+whose overhead their larger products dwarf); Inductor's caches (under nbllm's cache folder unless
 ``TORCHINDUCTOR_CACHE_DIR`` is set) make a later process load them instead of compiling again.
 Without a C++ compiler, or when compiling fails, the engine warns once and runs eagerly.
 
@@ -31,6 +33,7 @@ from torch import nn
 
 from nbllm.default_model import cache_dir
 from nbllm.layers.attention_backend import AttentionMetadata, KVCache
+from nbllm.layers.quantized_linear import DENSE_MIN_ROWS
 
 logger = logging.getLogger(__name__)
 ENV_SWITCH = "NBLLM_COMPILE"
@@ -86,7 +89,7 @@ class CompiledDecode:
         self.failed = False  # compiling failed: eager from then on
 
     def can_run(self, meta: AttentionMetadata) -> bool:
-        return not self.failed and meta.num_decodes == meta.num_seqs
+        return not self.failed and meta.num_decodes == meta.num_seqs < DENSE_MIN_ROWS
 
     def run(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache],
             meta: AttentionMetadata) -> torch.Tensor:

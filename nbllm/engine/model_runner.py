@@ -24,6 +24,7 @@ from nbllm.layers.attention import Attention
 from nbllm.layers.attention_backend import AttentionMetadata
 from nbllm.layers.attention_selector import get_attention_backend
 from nbllm.layers.packed_linear import prepack_linears
+from nbllm.layers.quantized_linear import DENSE_MIN_ROWS, DenseProducts
 from nbllm.layers.sampler import Sampler, SamplingRow
 from nbllm.loader import iter_weights
 from nbllm.models.registry import model_class_for
@@ -66,6 +67,7 @@ class ModelRunner:
         self.max_model_len = max_model_len
         self.quantized = False  # set by _load_model
         self.model: Optional[nn.Module] = self._load_model()
+        self.dense_products = DenseProducts(self.model)
         self.weights_offloaded = False  # True while asleep with the weights moved to the CPU (CUDA, level 1)
         self.vocab_size = hf_config.vocab_size
         self.attention_backend = get_attention_backend(config.attention_backend, device)
@@ -87,7 +89,8 @@ class ModelRunner:
                                             self.device)
         self.quantized = quantization is not None
         if quantization is not None:
-            return build_quantized_model(self.hf_config, self.model_path, quantization)
+            return build_quantized_model(self.hf_config, self.model_path, quantization,
+                                         dense_copies=self.config.dense_weight_copies)
         model = build_model(self.hf_config, self.model_path, self.dtype, self.device)
         if self.device.type == "cpu" and self.dtype == torch.float32:
             prepack_linears(model)  # oneDNN's packed layout: faster small matmuls on x86 CPUs
@@ -119,6 +122,7 @@ class ModelRunner:
         self._pool = None
         if level == 2:
             self.model = None
+            self.dense_products = DenseProducts(None)
             self.compiled_decode = None
         elif self.device.type == "cuda" and self.model is not None:
             self.model.to("cpu")
@@ -132,6 +136,7 @@ class ModelRunner:
         if "weights" in tags:
             if self.model is None:
                 self.model = self._load_model()
+                self.dense_products = DenseProducts(self.model)
                 self.compiled_decode = self._compiled_decode()
             elif self.weights_offloaded:
                 self.model.to(self.device)
@@ -203,6 +208,7 @@ class ModelRunner:
         # Single-token chunks first: the attention backends batch them as decodes.
         scheduled = sorted(out.scheduled, key=lambda s: s.num_new_tokens != 1)
         input_ids, positions, meta = self._prepare_inputs(scheduled)
+        self.dense_products.set(meta.num_decodes == meta.num_seqs >= DENSE_MIN_ROWS)
         if self.decode_graphs is not None and self.decode_graphs.can_run(meta):
             hidden = self.decode_graphs.run(input_ids, positions, meta)  # [T, H]
         elif self.compiled_decode is not None and self.compiled_decode.can_run(meta):

@@ -8,6 +8,12 @@ min and max; "int4" keeps the embeddings and lm_head in 8 bits). ``build_quantiz
 ``nn.Linear`` and the vocabulary embeddings for their quantized forms, streams the weights into
 them (GGUF blocks decoded without a float copy) and packs them; for a GGUF the packed weights
 are cached beside the converted folder (``packed_cache``), so later loads only map that file.
+
+The quantized linears can also keep bfloat16 copies of their weights for large decode batches
+(nbllm.layers.quantized_linear): ``dense_copies`` (the engine argument ``dense_weight_copies``)
+True or False, or None for ``wants_dense_copies``' rule: a CPU with bfloat16 dot-product
+instructions, and all copies together within ``DENSE_COPIES_MAX_BYTES`` (the default model's take
+256 MiB). The cache then holds them too, so they are built once.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ logger = logging.getLogger(__name__)
 QUANTIZATION_METHODS = tuple(method for method in _CONFIG_METHODS if method is not None)
 _BITS = {"gguf": REQUANTIZED_BITS, "int8": 8, "int4": 4}  # for float pieces: quantized to this many bits
 VOCABULARY_BITS = 8
+DENSE_COPIES_MAX_BYTES = 1 << 30
+_BF16_DOT_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # x86 /proc/cpuinfo flags; "bf16": aarch64 Features
 
 
 def resolve_quantization(requested: Optional[str], dtype: str, model_path: Path,
@@ -64,14 +72,20 @@ def resolve_quantization(requested: Optional[str], dtype: str, model_path: Path,
     return requested
 
 
-def build_quantized_model(hf_config: Any, model_path: Path, method: str) -> nn.Module:
-    """Our model class for `hf_config` on the CPU, its weights quantized by `method` (see above)."""
+def build_quantized_model(hf_config: Any, model_path: Path, method: str,
+                          dense_copies: Optional[bool] = False) -> nn.Module:
+    """Our model class for `hf_config` on the CPU, its weights quantized by `method` (see above), its
+    quantized linears with bfloat16 dense copies if `dense_copies` (None: by wants_dense_copies)."""
     from nbllm.loader import iter_weights
     from nbllm.models.registry import model_class_for
 
     with torch.device("meta"):
         model = model_class_for(hf_config)(hf_config)
     swap_quantized_modules(model, hf_config.vocab_size, _BITS[method])
+    linears = [module for module in model.modules() if isinstance(module, QuantizedLinear)]
+    keep_dense = wants_dense_copies(linears) if dense_copies is None else dense_copies
+    for module in linears:
+        module.keep_dense = keep_dense
     model = model.to(torch.float32).to_empty(device="cpu")
     for module in model.modules():  # buffers (rotary tables) were not materialised on meta
         if hasattr(module, "init_buffers"):
@@ -117,6 +131,26 @@ def swap_quantized_modules(model: nn.Module, vocab_size: int, bits: int) -> int:
         parent_name, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, leaf, replacement)
     return len(swaps)
+
+
+def wants_dense_copies(linears: list[QuantizedLinear]) -> bool:
+    """The default for dense copies: this CPU multiplies bfloat16 natively (without such instructions
+    oneDNN's bfloat16 products are no faster than the int4 kernel) and the copies fit the budget."""
+    size = sum(2 * module.in_features * module.out_features for module in linears)
+    return 0 < size <= DENSE_COPIES_MAX_BYTES and cpu_has_bf16_dot_products()
+
+
+def cpu_has_bf16_dot_products() -> bool:
+    """Whether /proc/cpuinfo lists AVX-512 BF16, AMX-BF16 or Arm's BF16 (False where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return any(flag in value.split() for flag in _BF16_DOT_FLAGS)
+    except OSError:
+        pass
+    return False
 
 
 def finalize_quantized_modules(model: nn.Module) -> None:

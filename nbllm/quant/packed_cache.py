@@ -6,7 +6,9 @@ of the built model and every buffer of its quantized modules, with the packing d
 (planes, nibbles) in the file's metadata. The fingerprint covers the torch version and
 the packed layout itself (torch's CPU int4 layout depends on the vector instructions it
 dispatches to), so a file written by another torch or on another CPU is never read.
-Loading it memory-maps the file: a few hundred milliseconds instead of seconds.
+Loading it memory-maps the file: a few hundred milliseconds instead of seconds. A file without the
+dense copies the model now wants (``keep_dense``) does not fit and is rebuilt; copies it has that the
+model does not want are left unread.
 """
 
 from __future__ import annotations
@@ -75,10 +77,16 @@ def restore(model: nn.Module, path: Path) -> bool:
         details = json.loads((f.metadata() or {}).get(_DETAILS_KEY, "{}"))
         quantized = {name: m for name, m in model.named_modules() if isinstance(m, QuantizedModule)}
         params = dict(model.named_parameters())
-        if set(details) != set(quantized) or not set(params) <= set(f.keys()):
+        keys = set(f.keys())
+        if set(details) != set(quantized) or not set(params) <= keys:
             return False
-        for key in f.keys():
+        for name, module in quantized.items():
+            if getattr(module, "keep_dense", False) and f"{name}.dense_weight" not in keys:
+                return False
+        for key in keys:
             module_name, _, leaf = key.rpartition(".")
+            if leaf == "dense_weight" and not model.get_submodule(module_name).keep_dense:
+                continue
             tensor = f.get_tensor(key)
             module = model.get_submodule(module_name)
             if key in params:
