@@ -103,7 +103,7 @@ def test_interrupt_while_compiling_leaves_the_engine_usable(compiled_llm, eager_
     compiled_llm._loop.call(lambda e: setattr(runner, "compiled_decode", fresh))
     try:
         with pytest.raises(KeyboardInterrupt):
-            compiled_llm._loop.call(lambda e: fresh._compile())
+            compiled_llm._loop.call(lambda e: fresh._compile(runner.kv_caches))
         assert not fresh.failed
         assert_same_outputs(compiled_llm.generate(PROMPTS[:3], GREEDY, use_tqdm=False), eager_outputs[3])
         assert len(calls) > 1 and not fresh.failed
@@ -191,3 +191,23 @@ def test_compiled_steps_serve_batches_below_the_dense_copies_threshold(compiled_
     assert compiled.can_run(SimpleNamespace(num_decodes=DENSE_MIN_ROWS - 1, num_seqs=DENSE_MIN_ROWS - 1))
     assert not compiled.can_run(SimpleNamespace(num_decodes=DENSE_MIN_ROWS, num_seqs=DENSE_MIN_ROWS))
     assert not compiled.can_run(SimpleNamespace(num_decodes=1, num_seqs=2))  # a prefill in the step
+
+
+def test_single_sequence_steps_attend_inside_the_compiled_regions_with_a_sliding_window(tmp_path):
+    """One sequence: the attention runs inside the regions (gathered_decode_attention), windowed here."""
+    from tiny_models import make_tiny_model
+
+    path = str(make_tiny_model("MistralForCausalLM", tmp_path / "mistral", sliding_window=8))
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, logprobs=2)
+    prompt = "Once upon a time"  # with 24 new tokens the context outgrows the window of 8
+    with LLM(path, compilation_config=0, **ENGINE_ARGS) as llm:
+        expected = llm.generate(prompt, params, use_tqdm=False)
+    with LLM(path, compilation_config=3, **ENGINE_ARGS) as llm:
+        inner = runner_of(llm).model.model
+        calls = []
+        attending = inner._attending_layers
+        inner._attending_layers = lambda *args: calls.append(1) or attending(*args)
+        outputs = llm.generate(prompt, params, use_tqdm=False)
+        assert runner_of(llm).compiled_decode.failed is False
+    assert len(calls) == params.max_tokens - 1  # every decode step of the one sequence
+    assert_same_outputs(outputs, expected)

@@ -26,6 +26,7 @@ from nbllm.quant import packed_cache
 from nbllm.quant.gguf_blocks import decode
 from nbllm.quant.groups import GroupQuant
 from nbllm.quant.int4pack import int4_matmul, pack
+from nbllm.quant import loading
 from nbllm.quant.loading import build_quantized_model, resolve_quantization
 
 RELATIVE_TOLERANCE = 2.0 ** -7
@@ -214,6 +215,20 @@ def test_dense_copy_serves_products_of_many_rows_once_turned_on():
     assert_within_tolerance(out, many, exact)
     switch.set(False)
     assert torch.equal(dense(many), plain(many))
+
+
+def test_dense_copies_by_default_need_bf16_instructions_and_fit_the_budget(monkeypatch):
+    linears = [QuantizedLinear(64, [32], bias=False, bits=4), QuantizedLinear(32, [64], bias=False, bits=4)]
+    copies = 2 * 2 * 64 * 32  # bytes
+    monkeypatch.setattr(loading, "cpu_has_bf16_dot_products", lambda: True)
+    monkeypatch.setattr(loading, "DENSE_COPIES_MAX_BYTES", copies)
+    assert loading.wants_dense_copies(linears)
+    monkeypatch.setattr(loading, "DENSE_COPIES_MAX_BYTES", copies - 1)
+    assert not loading.wants_dense_copies(linears)
+    monkeypatch.setattr(loading, "DENSE_COPIES_MAX_BYTES", copies)
+    monkeypatch.setattr(loading, "cpu_has_bf16_dot_products", lambda: False)
+    assert not loading.wants_dense_copies(linears)
+    assert not loading.wants_dense_copies([])
 
 
 def test_engine_uses_dense_copies_only_for_large_decode_batches(tiny_llama_path):

@@ -19,6 +19,7 @@ from nbllm.layers.attention import Attention, AttentionMetadata, KVCache
 from nbllm.layers.linear import FusedLinear
 from nbllm.layers.norm import RMSNorm
 from nbllm.layers.rotary import RotaryEmbedding, build_rotary
+from nbllm.layers.torch_attention import gathered_decode_attention
 from nbllm.models.layer_types import sliding_window_for
 from nbllm.models.weights import load_weights
 
@@ -106,16 +107,36 @@ def last_region(layer: LlamaDecoderLayer, hidden: torch.Tensor, attn_out: torch.
     return layer.after_attention(hidden, attn_out)
 
 
+def attending_between_region(layer: LlamaDecoderLayer, next_layer: LlamaDecoderLayer, hidden: torch.Tensor,
+                             q: torch.Tensor, kv_cache: KVCache, slots: torch.Tensor, mask: torch.Tensor,
+                             rotary: RotaryEmbedding, rope: tuple[torch.Tensor, torch.Tensor]
+                             ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """between_region with the layer's decode attention inside (its keys and values already in the cache)."""
+    attn_out = gathered_decode_attention(q, kv_cache[0], kv_cache[1], slots, mask, layer.self_attn.attn.scale)
+    return between_region(layer, next_layer, hidden, attn_out, rotary, rope)
+
+
+def attending_last_region(layer: LlamaDecoderLayer, hidden: torch.Tensor, q: torch.Tensor, kv_cache: KVCache,
+                          slots: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """last_region with the layer's decode attention inside."""
+    attn_out = gathered_decode_attention(q, kv_cache[0], kv_cache[1], slots, mask, layer.self_attn.attn.scale)
+    return last_region(layer, hidden, attn_out)
+
+
 class DenseRegions(NamedTuple):
-    """The code between two attentions, as three callables: eager (the functions above), or compiled
-    (nbllm.engine.cpu_compile), which is why a whole stretch from one attention to the next is one call."""
+    """The code between two attentions, as callables: eager (the functions above), or compiled
+    (nbllm.engine.cpu_compile), which is why a whole stretch from one attention to the next is one call.
+    The attending ones also hold the attention (single-sequence decode steps; see LlamaModel.forward)."""
 
     first: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     between: Callable[..., tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]
     last: Callable[..., torch.Tensor]
+    attending_between: Callable[..., tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]
+    attending_last: Callable[..., torch.Tensor]
 
 
-EAGER_REGIONS = DenseRegions(first_region, between_region, last_region)
+EAGER_REGIONS = DenseRegions(first_region, between_region, last_region, attending_between_region,
+                             attending_last_region)
 
 
 class LlamaModel(nn.Module):
@@ -128,11 +149,16 @@ class LlamaModel(nn.Module):
         self.rotary = build_rotary(config, self.layers[0].self_attn.head_dim)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache],
-                meta: AttentionMetadata, regions: DenseRegions = EAGER_REGIONS) -> torch.Tensor:
+                meta: AttentionMetadata, regions: DenseRegions = EAGER_REGIONS,
+                attend_in_regions: bool = False) -> torch.Tensor:
+        """attend_in_regions: a decode-only step on TorchAttentionBackend whose attention runs inside the
+        regions (gathered_decode_attention); the backend only stores each layer's keys and values."""
         hidden = self.embed_tokens(input_ids)  # [T, H]
         rope = self.rotary.lookup(positions, hidden.dtype)  # once per step, for every layer
         layers = self.layers
         q, k, v = regions.first(layers[0], hidden, self.rotary, rope)
+        if attend_in_regions:
+            return self.norm(self._attending_layers(q, k, v, hidden, rope, kv_caches, meta, regions))
         for i, (layer, kv_cache) in enumerate(zip(layers, kv_caches)):
             attn_out = layer.self_attn.attn(q, k, v, kv_cache, meta)  # [T, Hq * D]
             if i + 1 < len(layers):
@@ -140,6 +166,22 @@ class LlamaModel(nn.Module):
             else:
                 hidden = regions.last(layer, hidden, attn_out)
         return self.norm(hidden)
+
+    def _attending_layers(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hidden: torch.Tensor,
+                          rope: tuple[torch.Tensor, torch.Tensor], kv_caches: list[KVCache], meta: AttentionMetadata,
+                          regions: DenseRegions) -> torch.Tensor:
+        backend, layers = meta.backend, self.layers
+        slots = meta.extras["decode_slots"]
+        for i, (layer, kv_cache) in enumerate(zip(layers, kv_caches)):
+            attn = layer.self_attn.attn
+            backend.store(k, v, kv_cache, meta)
+            mask = backend.decode_mask(meta, attn.sliding_window)
+            if i + 1 < len(layers):
+                hidden, (q, k, v) = regions.attending_between(layer, layers[i + 1], hidden, q, kv_cache, slots, mask,
+                                                              self.rotary, rope)
+            else:
+                hidden = regions.attending_last(layer, hidden, q, kv_cache, slots, mask)
+        return hidden
 
 
 class LlamaForCausalLM(nn.Module):
@@ -174,8 +216,9 @@ class LlamaForCausalLM(nn.Module):
         return [True] * config.num_hidden_layers
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches: list[KVCache],
-                meta: AttentionMetadata, regions: DenseRegions = EAGER_REGIONS) -> torch.Tensor:
-        return self.model(input_ids, positions, kv_caches, meta, regions)
+                meta: AttentionMetadata, regions: DenseRegions = EAGER_REGIONS,
+                attend_in_regions: bool = False) -> torch.Tensor:
+        return self.model(input_ids, positions, kv_caches, meta, regions, attend_in_regions)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)
@@ -192,6 +235,24 @@ class LlamaForCausalLM(nn.Module):
         if len(layers) > 1:
             regions.between(layers[0], layers[1], hidden, attn_out, rotary, rope)
         regions.last(layers[-1], hidden, attn_out)
+
+    def warm_up_attending_regions(self, regions: DenseRegions, kv_cache: KVCache, context_lengths: Iterable[int]
+                                  ) -> None:
+        """Call the attending regions once per context length for one sequence, reading only slot 0 of
+        `kv_cache` (the zeroed padding block), which compiles compiled ones; the second length makes the
+        context length symbolic."""
+        inner = self.model
+        layers, rotary = inner.layers, inner.rotary
+        norm = inner.norm.weight
+        hidden = torch.zeros(1, norm.shape[0], dtype=norm.dtype, device=norm.device)
+        rope = rotary.lookup(torch.zeros(1, dtype=torch.int64, device=norm.device), hidden.dtype)
+        q, _, _ = regions.first(layers[0], hidden, rotary, rope)
+        for length in context_lengths:
+            slots = torch.zeros(1, length, dtype=torch.int64, device=norm.device)
+            mask = torch.ones(1, 1, 1, length, dtype=torch.bool, device=norm.device)
+            if len(layers) > 1:
+                regions.attending_between(layers[0], layers[1], hidden, q, kv_cache, slots, mask, rotary, rope)
+            regions.attending_last(layers[-1], hidden, q, kv_cache, slots, mask)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         self.tie_weights()
