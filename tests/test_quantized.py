@@ -22,11 +22,10 @@ from nbllm.config import EngineConfig
 from nbllm.engine.model_runner import build_model
 from nbllm.layers.quantized_linear import DENSE_MIN_ROWS, DenseProducts, QuantizedEmbedding, QuantizedLinear
 from nbllm.loader import load_hf_config, resolve_model_path, weight_files
-from nbllm.quant import packed_cache
+from nbllm.quant import loading, packed_cache
 from nbllm.quant.gguf_blocks import decode
 from nbllm.quant.groups import GroupQuant
 from nbllm.quant.int4pack import int4_matmul, pack
-from nbllm.quant import loading
 from nbllm.quant.loading import build_quantized_model, resolve_quantization
 
 RELATIVE_TOLERANCE = 2.0 ** -7

@@ -31,6 +31,7 @@ from nbllm.gguf_convert import gguf_source, gguf_to_hf_name, unpermute_rotary
 from nbllm.layers.linear import FusedLinear
 from nbllm.layers.packed_linear import prepack_linears
 from nbllm.layers.quantized_linear import QuantizedEmbedding, QuantizedLinear, QuantizedModule
+from nbllm.loader import cpu_flags, cpu_runs_fast
 from nbllm.quant import packed_cache
 from nbllm.quant.gguf_blocks import REQUANTIZED_BITS, decode
 from nbllm.quant.gguf_file import read_gguf
@@ -42,7 +43,6 @@ QUANTIZATION_METHODS = tuple(method for method in _CONFIG_METHODS if method is n
 _BITS = {"gguf": REQUANTIZED_BITS, "int8": 8, "int4": 4}  # for float pieces: quantized to this many bits
 VOCABULARY_BITS = 8
 DENSE_COPIES_MAX_BYTES = 1 << 30
-_BF16_DOT_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # x86 /proc/cpuinfo flags; "bf16": aarch64 Features
 
 
 def resolve_quantization(requested: Optional[str], dtype: str, model_path: Path,
@@ -142,15 +142,7 @@ def wants_dense_copies(linears: list[QuantizedLinear]) -> bool:
 
 def cpu_has_bf16_dot_products() -> bool:
     """Whether /proc/cpuinfo lists AVX-512 BF16, AMX-BF16 or Arm's BF16 (False where it cannot be read)."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):
-                    return any(flag in value.split() for flag in _BF16_DOT_FLAGS)
-    except OSError:
-        pass
-    return False
+    return cpu_flags() is not None and cpu_runs_fast(torch.bfloat16)
 
 
 def finalize_quantized_modules(model: nn.Module) -> None:

@@ -85,10 +85,10 @@ def restore(model: nn.Module, path: Path) -> bool:
                 return False
         for key in keys:
             module_name, _, leaf = key.rpartition(".")
-            if leaf == "dense_weight" and not model.get_submodule(module_name).keep_dense:
+            module = model.get_submodule(module_name)
+            if leaf == "dense_weight" and not module.keep_dense:
                 continue
             tensor = f.get_tensor(key)
-            module = model.get_submodule(module_name)
             if key in params:
                 if params[key].shape != tensor.shape:
                     return False
