@@ -193,21 +193,25 @@ def test_compiled_steps_serve_batches_below_the_dense_copies_threshold(compiled_
     assert not compiled.can_run(SimpleNamespace(num_decodes=1, num_seqs=2))  # a prefill in the step
 
 
-def test_single_sequence_steps_attend_inside_the_compiled_regions_with_a_sliding_window(tmp_path):
-    """One sequence: the attention runs inside the regions (gathered_decode_attention), windowed here."""
+def test_decode_steps_attend_inside_the_compiled_regions_with_a_sliding_window(tmp_path):
+    """Decode steps attend inside the regions (gathered_decode_attention), windowed here: one sequence, and
+    three of different lengths (their gathered contexts padded to the longest and masked)."""
     from tiny_models import make_tiny_model
 
     path = str(make_tiny_model("MistralForCausalLM", tmp_path / "mistral", sliding_window=8))
     params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, logprobs=2)
-    prompt = "Once upon a time"  # with 24 new tokens the context outgrows the window of 8
+    # with 24 new tokens every context outgrows the window of 8
+    batches = (["Once upon a time"], ["Once upon a time", "Hello", "A B C D E F G H I J K L"])
     with LLM(path, compilation_config=0, **ENGINE_ARGS) as llm:
-        expected = llm.generate(prompt, params, use_tqdm=False)
+        expected = [llm.generate(prompts, params, use_tqdm=False) for prompts in batches]
     with LLM(path, compilation_config=3, **ENGINE_ARGS) as llm:
         inner = runner_of(llm).model.model
         calls = []
         attending = inner._attending_layers
         inner._attending_layers = lambda *args: calls.append(1) or attending(*args)
-        outputs = llm.generate(prompt, params, use_tqdm=False)
+        for prompts, reference in zip(batches, expected):
+            calls.clear()
+            outputs = llm.generate(prompts, params, use_tqdm=False)
+            assert len(calls) == params.max_tokens - 1  # every decode step (the prompts prefill in one step)
+            assert_same_outputs(outputs, reference)
         assert runner_of(llm).compiled_decode.failed is False
-    assert len(calls) == params.max_tokens - 1  # every decode step of the one sequence
-    assert_same_outputs(outputs, expected)

@@ -126,7 +126,7 @@ def attending_last_region(layer: LlamaDecoderLayer, hidden: torch.Tensor, q: tor
 class DenseRegions(NamedTuple):
     """The code between two attentions, as callables: eager (the functions above), or compiled
     (nbllm.engine.cpu_compile), which is why a whole stretch from one attention to the next is one call.
-    The attending ones also hold the attention (single-sequence decode steps; see LlamaModel.forward)."""
+    The attending ones also hold the attention (compiled decode steps; see LlamaModel.forward)."""
 
     first: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     between: Callable[..., tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]
@@ -236,23 +236,24 @@ class LlamaForCausalLM(nn.Module):
             regions.between(layers[0], layers[1], hidden, attn_out, rotary, rope)
         regions.last(layers[-1], hidden, attn_out)
 
-    def warm_up_attending_regions(self, regions: DenseRegions, kv_cache: KVCache, context_lengths: Iterable[int]
-                                  ) -> None:
-        """Call the attending regions once per context length for one sequence, reading only slot 0 of
-        `kv_cache` (the zeroed padding block), which compiles compiled ones; the second length makes the
-        context length symbolic."""
+    def warm_up_attending_regions(self, regions: DenseRegions, kv_cache: KVCache, batch_sizes: Iterable[int],
+                                  context_lengths: Iterable[int]) -> None:
+        """Call the attending regions once per batch size and context length, reading only slot 0 of
+        `kv_cache` (the zeroed padding block), which compiles compiled ones; the second of each makes that
+        dimension symbolic (one sequence stays a specialized graph of its own)."""
         inner = self.model
         layers, rotary = inner.layers, inner.rotary
         norm = inner.norm.weight
-        hidden = torch.zeros(1, norm.shape[0], dtype=norm.dtype, device=norm.device)
-        rope = rotary.lookup(torch.zeros(1, dtype=torch.int64, device=norm.device), hidden.dtype)
-        q, _, _ = regions.first(layers[0], hidden, rotary, rope)
-        for length in context_lengths:
-            slots = torch.zeros(1, length, dtype=torch.int64, device=norm.device)
-            mask = torch.ones(1, 1, 1, length, dtype=torch.bool, device=norm.device)
-            if len(layers) > 1:
-                regions.attending_between(layers[0], layers[1], hidden, q, kv_cache, slots, mask, rotary, rope)
-            regions.attending_last(layers[-1], hidden, q, kv_cache, slots, mask)
+        for size in batch_sizes:
+            hidden = torch.zeros(size, norm.shape[0], dtype=norm.dtype, device=norm.device)
+            rope = rotary.lookup(torch.zeros(size, dtype=torch.int64, device=norm.device), hidden.dtype)
+            q, _, _ = regions.first(layers[0], hidden, rotary, rope)
+            for length in context_lengths:
+                slots = torch.zeros(size, length, dtype=torch.int64, device=norm.device)
+                mask = torch.ones(size, 1, 1, length, dtype=torch.bool, device=norm.device)
+                if len(layers) > 1:
+                    regions.attending_between(layers[0], layers[1], hidden, q, kv_cache, slots, mask, rotary, rope)
+                regions.attending_last(layers[-1], hidden, q, kv_cache, slots, mask)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         self.tie_weights()
