@@ -58,11 +58,15 @@ def test_compiled_decode_equals_eager_and_new_batch_sizes_do_not_recompile(compi
 
 
 def assert_same_outputs(outputs, expected):
+    """Tokens equal; logprobs within 1e-2. The compiled attention and eager SDPA differ in the last bits;
+    the int4 row kernel's float32 outputs pass that on where bfloat16 outputs mostly swallowed it, and
+    an activation that then rounds the other way to bfloat16 moves a logprob of this random tiny model
+    by up to about 0.007 (measured)."""
     for out, ref in zip(outputs, expected):
         assert out.outputs[0].token_ids == ref.outputs[0].token_ids
         for entries, ref_entries in zip(out.outputs[0].logprobs, ref.outputs[0].logprobs):
             for token_id, entry in ref_entries.items():
-                assert entries[token_id].logprob == pytest.approx(entry.logprob, abs=1e-3)
+                assert entries[token_id].logprob == pytest.approx(entry.logprob, abs=1e-2)
 
 
 def test_compile_failure_warns_once_and_runs_eagerly(compiled_llm, eager_outputs):

@@ -8,7 +8,9 @@ float tensors quantized on arrival) and ``finalize()`` turns them into buffers: 
 soon as its last piece arrives, embeddings (and the lm_head tied to one) after loading:
 
 - ``QuantizedLinear``: torch's packed int4 layout (``nbllm.quant.int4pack``); the product runs in
-  bfloat16 with float32 accumulation, and its output is returned in the input's dtype. With
+  bfloat16 with float32 accumulation, and its output is returned in the input's dtype. Products
+  where ``rows_kernel`` is set run on nbllm's kernel instead (``nbllm.quant.int4_rows``: the same
+  packed values with the exact float32 scales kept in ``exact_scales``, float32 output). With
   ``keep_dense`` set before finalizing, it also keeps a bfloat16 copy of its dequantized weight,
   which ``DenseProducts`` lets it use for products of ``DENSE_MIN_ROWS`` rows or more: torch's int4
   kernel is compute-bound there (about 165 GFLOP/s at 64 rows on a 2-core AVX-512 machine, where
@@ -26,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nbllm.quant.groups import GROUP_SIZE, GroupQuant
-from nbllm.quant.int4pack import ACTIVATION_DTYPE, int4_matmul, pack
+from nbllm.quant.int4pack import ACTIVATION_DTYPE, exact_scales, int4_matmul, pack
 
 # Products of this many rows or more use a layer's dense copy, where it has one: measured on the
 # default model's four layer shapes, the bfloat16 copy is 12% faster at 12 rows, 45% at 64, and
@@ -93,9 +95,11 @@ class QuantizedLinear(QuantizedModule):
         self._bias_shards: set[int] = set()
         self.register_buffer("packed_weight", None, persistent=False)
         self.register_buffer("scales_and_zeros", None, persistent=False)
+        self.register_buffer("exact_scales", None, persistent=False)  # float32, for nbllm::int4_rows
         self.register_buffer("bias", torch.zeros(self.out_features) if bias else None, persistent=False)
         self.keep_dense = False  # set before finalize(): also keep the bfloat16 dense copy
         self.use_dense = False  # set by DenseProducts: products of DENSE_MIN_ROWS rows or more use the copy
+        self.rows_kernel = False  # set by the loader: products use nbllm::int4_rows and exact_scales
         self.register_buffer("dense_weight", None, persistent=False)  # [N, K] bfloat16, or None
 
     def load_shard(self, shard: int, param_name: str, tensor: Piece) -> None:
@@ -121,6 +125,7 @@ class QuantizedLinear(QuantizedModule):
             raise ValueError(f"bias shards {sorted(set(range(len(self.out_sizes))) - self._bias_shards)} never arrived")
         whole = self.weight.whole()
         self.packed_weight, self.scales_and_zeros, self.planes = pack(whole)
+        self.exact_scales = exact_scales(whole, self.packed_weight.shape[0])
         if self.keep_dense:
             self.dense_weight = whole.dequantize().to(ACTIVATION_DTYPE)
         self.weight = None  # the pieces (and a tied embedding's copy of them) can go
@@ -130,7 +135,8 @@ class QuantizedLinear(QuantizedModule):
         if self.use_dense and self.dense_weight is not None and rows.shape[0] >= DENSE_MIN_ROWS:
             out = F.linear(rows.to(ACTIVATION_DTYPE), self.dense_weight).to(x.dtype)
         else:
-            out = int4_matmul(rows, self.packed_weight, self.scales_and_zeros, self.planes).to(x.dtype)
+            scales = self.exact_scales if self.rows_kernel else self.scales_and_zeros
+            out = int4_matmul(rows, self.packed_weight, scales, self.planes, self.rows_kernel).to(x.dtype)
         if out.shape[1] != self.out_features:  # rows padded to a multiple of 16 for the kernel
             out = out[:, :self.out_features]
         if self.bias is not None:

@@ -7,6 +7,11 @@ take a scalar loop about 30x slower), so activations, scales and zero points are
 the output comes back as bfloat16: the weights themselves stay exact, and the rounding is that
 of bfloat16 activations and of bfloat16 group scales (relative 2^-9).
 
+Where the CPU has AVX-512 BF16, products run instead on nbllm's own kernel over the same packed
+values with the checkpoint's exact float32 scales (``nbllm.quant.int4_rows``: float32 output, the
+same arithmetic for a row whatever else is in the product), which is no slower at any row count
+measured and 1.5-1.9x faster at one row, where torch's kernel is compute-bound.
+
 Groups of up to 8 bits run as two 4-bit planes, ``v = 16 * hi + lo``, stored side by side along
 K (``[hi | lo]``) and multiplied by ``[x | x]``: one kernel call, the bytes of int8, and no
 per-channel requantization (which would cost a relative weight error of about 1%, measured on
@@ -24,6 +29,7 @@ from nbllm.quant.groups import GROUP_SIZE, GroupQuant
 ACTIVATION_DTYPE = torch.bfloat16
 _PACK_ROWS = 4096  # a multiple of the kernel's 64-row blocks
 _INT4_MM = torch.ops.aten._weight_int4pack_mm_for_cpu.default  # the overload itself: less Python per call
+ROW_KERNEL_BLOCK = 64  # nbllm::int4_rows (nbllm/quant/int4_rows.cpp) takes weights of a multiple of 64 rows
 
 
 def pack(weight: GroupQuant) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -60,12 +66,32 @@ def pack(weight: GroupQuant) -> tuple[torch.Tensor, torch.Tensor, int]:
     return packed, scales_and_zeros, planes
 
 
-def int4_matmul(x: torch.Tensor, packed: torch.Tensor, scales_and_zeros: torch.Tensor, planes: int) -> torch.Tensor:
-    """x [M, K] (any float dtype) @ w.T -> [M, N] bfloat16."""
+def int4_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, planes: int,
+                rows_kernel: bool = False) -> torch.Tensor:
+    """x [M, K] (any float dtype) @ w.T -> [M, N]: bfloat16 from torch's kernel with `scales` the
+    bfloat16 scales_and_zeros of pack(), or float32 from nbllm::int4_rows where `rows_kernel`, with
+    `scales` the float32 scales_offsets of exact_scales() (the caller has checked the kernel is
+    available and that N is a multiple of ROW_KERNEL_BLOCK)."""
     x = x.to(ACTIVATION_DTYPE)
     if planes == 2:
         x = torch.cat((x, x), dim=1)
-    return _INT4_MM(x, packed, GROUP_SIZE, scales_and_zeros)
+    if rows_kernel:
+        return torch.ops.nbllm.int4_rows(x.contiguous(), packed, scales)
+    return _INT4_MM(x, packed, GROUP_SIZE, scales)
+
+
+def exact_scales(weight: GroupQuant, padded_rows: int) -> torch.Tensor:
+    """float32 [planes * K / 32, padded_rows, 2]: (scale, offset) per group of the packed planes for
+    nbllm::int4_rows, which computes w = scale * q + c as scale * (128 + q) + offset with
+    offset = c - 128 * scale. Both are exact for GGUF's float16 scales and minimums; 8-bit groups
+    split as pack() splits them (hi plane: 16 * scale and the minimum; lo plane: scale and 0)."""
+    scale, minimum = weight.scale.double(), weight.minimum.double()  # [N, G]
+    if weight.bits > 4:
+        scale = torch.cat((16 * scale, scale), dim=1)
+        minimum = torch.cat((minimum, torch.zeros_like(minimum)), dim=1)
+    pairs = torch.stack((scale, minimum - 128 * scale), dim=-1).float()  # [N, G', 2]
+    pairs = torch.nn.functional.pad(pairs, (0, 0, 0, 0, 0, padded_rows - pairs.shape[0]))
+    return pairs.transpose(0, 1).contiguous()
 
 
 @lru_cache(maxsize=1)

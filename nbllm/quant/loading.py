@@ -36,7 +36,7 @@ from nbllm.quant import packed_cache
 from nbllm.quant.gguf_blocks import REQUANTIZED_BITS, decode
 from nbllm.quant.gguf_file import read_gguf
 from nbllm.quant.groups import GROUP_SIZE, GroupQuant
-from nbllm.quant.int4pack import int4pack_available
+from nbllm.quant.int4pack import ROW_KERNEL_BLOCK, int4pack_available
 
 logger = logging.getLogger(__name__)
 QUANTIZATION_METHODS = tuple(method for method in _CONFIG_METHODS if method is not None)
@@ -98,7 +98,19 @@ def build_quantized_model(hf_config: Any, model_path: Path, method: str,
         if cached is not None:
             _save_quietly(model, cached)
     prepack_linears(model)  # any float linear left (none in the Llama family)
+    use_rows_kernel(linears)
     return model.eval()
+
+
+def use_rows_kernel(linears: list[QuantizedLinear]) -> None:
+    """Let each packed linear whose shape suits it run its products on nbllm::int4_rows with its exact
+    scales, where this machine can (nbllm.quant.int4_rows; built on first use per machine)."""
+    from nbllm.quant.int4_rows import rows_kernel_available
+
+    available = rows_kernel_available()
+    for module in linears:
+        module.rows_kernel = (available and module.exact_scales is not None
+                              and module.packed_weight.shape[0] % ROW_KERNEL_BLOCK == 0)
 
 
 def _save_quietly(model: nn.Module, path: Path) -> None:

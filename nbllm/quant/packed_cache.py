@@ -3,7 +3,8 @@
 A GGUF model converted into nbllm's cache gets, beside it, ``packed-<fingerprint>.nbllm-cache``
 (a safetensors file, named so that no loader takes it for a checkpoint shard): every parameter
 of the built model and every buffer of its quantized modules, with the packing details
-(planes, nibbles) in the file's metadata. The fingerprint covers the torch version and
+(planes, nibbles) in the file's metadata. The fingerprint covers the torch version, the set of
+buffers a quantized linear keeps (a file from before ``exact_scales`` is not read), and
 the packed layout itself (torch's CPU int4 layout depends on the vector instructions it
 dispatches to), so a file written by another torch or on another CPU is never read.
 Loading it memory-maps the file: a few hundred milliseconds instead of seconds. A file without the
@@ -36,7 +37,7 @@ def layout_fingerprint() -> str:
     values = (torch.arange(64 * 64, dtype=torch.int64) * 7 % 251).to(torch.uint8).view(64, 64)
     probe = GroupQuant(values, torch.full((64, 2), 0.5), torch.full((64, 2), -1.0), 8)
     packed, scales_and_zeros, _ = pack(probe)
-    digest = hashlib.sha1(torch.__version__.encode())
+    digest = hashlib.sha1(f"{torch.__version__} exact_scales".encode())  # files without them are rebuilt
     digest.update(packed.numpy().tobytes())
     digest.update(scales_and_zeros.view(torch.int16).numpy().tobytes())
     return digest.hexdigest()[:12]

@@ -1,0 +1,162 @@
+// nbllm::int4_rows: x @ w.T on torch's packed int4 CPU weights with exact float32 group scales.
+//
+// The weight is w = scale * q + c for 4-bit q in groups of 32 along K, with scale and c exactly as
+// the checkpoint has them (GGUF stores them as float16; torch's own kernel rounds them to bfloat16).
+// The caller passes, per group and output row, (scale, offset = c - 128 * scale) as float32. Rows of
+// x (bfloat16) are taken in chunks of up to 4 per pass over a block of 64 weight rows, with AVX-512
+// BF16 dot products: each q becomes the bfloat16 128 + q (exact: bfloat16 has unit spacing in
+// [128, 256), so that is an OR with 0x4300), two consecutive k of 16 output rows go into one
+// vdpbf16ps against the pair (x[k], x[k + 1]), and per group
+//     sum_k w x = scale * sum_k (128 + q) x + offset * sum_k x.
+// Products of a bfloat16 activation and 128 + q are exact in float32; sums are float32, and so is
+// the output. A row's result does not depend on the other rows of the product.
+//
+// Packed layout (torch's, for blocks of 64 output rows): byte k * 32 + n % 32 of block n / 64 holds
+// q[n, k] in its low nibble for n % 64 < 32 and in its high nibble otherwise. N must be a multiple of
+// 64 and K of 32; callers check (nbllm/quant/int4pack.py).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+constexpr int kMaxRows = 4;
+constexpr int kGroup = 32;
+constexpr int kBlock = 64;
+
+template <int M>
+void block_rows(const uint16_t* x, int64_t K, const uint8_t* block, const float* scale_offset, int64_t N,
+                int64_t n0, const float* xsum, float* out) {
+  const __m512i low_nibble = _mm512_set1_epi16(0x000F);
+  const __m512i base = _mm512_set1_epi16(0x4300);  // bfloat16 128.0
+  // 16-bit lane 2i takes element i of the first source, lane 2i + 1 element i of the second
+  alignas(64) uint16_t first_half[32], second_half[32];
+  for (int i = 0; i < 16; ++i) {
+    first_half[2 * i] = i; first_half[2 * i + 1] = 32 + i;
+    second_half[2 * i] = 16 + i; second_half[2 * i + 1] = 48 + i;
+  }
+  const __m512i pair_first = _mm512_load_si512(first_half), pair_second = _mm512_load_si512(second_half);
+  const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  const __m512i odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+  __m512 acc[M][4];
+  for (int m = 0; m < M; ++m)
+    for (int j = 0; j < 4; ++j) acc[m][j] = _mm512_setzero_ps();
+  const int64_t groups = K / kGroup;
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512 dot[M][4], dot2[M][4];  // two independent chains per output vector: even and odd k pairs
+    for (int m = 0; m < M; ++m)
+      for (int j = 0; j < 4; ++j) dot[m][j] = dot2[m][j] = _mm512_setzero_ps();
+    for (int64_t k = g * kGroup; k < (g + 1) * kGroup; k += 4) {
+      __m512i pairs[2][4];
+      for (int h = 0; h < 2; ++h) {
+        const uint8_t* at = block + (k + 2 * h) * 32;  // k pairs (k, k + 1) and (k + 2, k + 3): two cache lines
+        const __m512i w0 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)at));
+        const __m512i w1 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)(at + 32)));
+        const __m512i lo0 = _mm512_ternarylogic_epi32(w0, low_nibble, base, 0xEA);  // (w & 15) | base
+        const __m512i lo1 = _mm512_ternarylogic_epi32(w1, low_nibble, base, 0xEA);
+        const __m512i hi0 = _mm512_or_si512(_mm512_srli_epi16(w0, 4), base);
+        const __m512i hi1 = _mm512_or_si512(_mm512_srli_epi16(w1, 4), base);
+        pairs[h][0] = _mm512_permutex2var_epi16(lo0, pair_first, lo1);
+        pairs[h][1] = _mm512_permutex2var_epi16(lo0, pair_second, lo1);
+        pairs[h][2] = _mm512_permutex2var_epi16(hi0, pair_first, hi1);
+        pairs[h][3] = _mm512_permutex2var_epi16(hi0, pair_second, hi1);
+      }
+      for (int m = 0; m < M; ++m) {
+        int32_t x_pair[2];
+        std::memcpy(x_pair, x + m * K + k, sizeof(x_pair));
+        const __m512bh xa = (__m512bh)_mm512_set1_epi32(x_pair[0]);
+        const __m512bh xb = (__m512bh)_mm512_set1_epi32(x_pair[1]);
+        for (int j = 0; j < 4; ++j) {
+          dot[m][j] = _mm512_dpbf16_ps(dot[m][j], (__m512bh)pairs[0][j], xa);
+          dot2[m][j] = _mm512_dpbf16_ps(dot2[m][j], (__m512bh)pairs[1][j], xb);
+        }
+      }
+    }
+    for (int m = 0; m < M; ++m)
+      for (int j = 0; j < 4; ++j) dot[m][j] = _mm512_add_ps(dot[m][j], dot2[m][j]);
+    for (int j = 0; j < 4; ++j) {
+      // 16 (scale, zero) bfloat16 pairs: scale in the low half of each 32-bit lane
+      // 16 float32 (scale, offset) pairs, de-interleaved
+      const float* pair = scale_offset + 2 * (g * N + n0 + 16 * j);
+      const __m512 a = _mm512_loadu_ps(pair), b = _mm512_loadu_ps(pair + 16);
+      const __m512 scale = _mm512_permutex2var_ps(a, even, b);
+      const __m512 offset = _mm512_permutex2var_ps(a, odd, b);
+      for (int m = 0; m < M; ++m) {
+        acc[m][j] = _mm512_fmadd_ps(dot[m][j], scale, acc[m][j]);
+        acc[m][j] = _mm512_fmadd_ps(offset, _mm512_set1_ps(xsum[m * groups + g]), acc[m][j]);
+      }
+    }
+  }
+  for (int m = 0; m < M; ++m)
+    for (int j = 0; j < 4; ++j) _mm512_storeu_ps(out + m * N + n0 + 16 * j, acc[m][j]);
+}
+
+// Every row runs through block_rows<1..4> with the same arithmetic whatever M is, so a row's result
+// does not depend on the rows it shares a step with. Blocks are the outer loop: a block's weights
+// (64 rows x K / 2 bytes) stay in the core's cache while every chunk of 4 activation rows uses them.
+void all_blocks(const uint16_t* x, int64_t M, int64_t K, const uint8_t* packed, const float* scale_offset,
+                int64_t N, const float* xsum, float* out) {
+  const int64_t groups = K / kGroup;
+  at::parallel_for(0, N / kBlock, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const uint8_t* block = packed + b * kBlock * (K / 2);
+      for (int64_t m = 0; m < M; m += kMaxRows) {
+        const uint16_t* xm = x + m * K;
+        const float* sm = xsum + m * groups;
+        float* om = out + m * N;
+        switch (std::min<int64_t>(kMaxRows, M - m)) {
+          case 1: block_rows<1>(xm, K, block, scale_offset, N, b * kBlock, sm, om); break;
+          case 2: block_rows<2>(xm, K, block, scale_offset, N, b * kBlock, sm, om); break;
+          case 3: block_rows<3>(xm, K, block, scale_offset, N, b * kBlock, sm, om); break;
+          default: block_rows<4>(xm, K, block, scale_offset, N, b * kBlock, sm, om); break;
+        }
+      }
+    }
+  });
+}
+
+at::Tensor int4_rows(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales_offsets) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kBFloat16 && x.is_contiguous(),
+              "int4_rows: x must be a contiguous bfloat16 [M, K] tensor");
+  const int64_t M = x.size(0), K = x.size(1), N = packed.size(0);
+  TORCH_CHECK(K % kGroup == 0 && N % kBlock == 0 && packed.size(1) == K / 2 && packed.is_contiguous(),
+              "int4_rows: packed must be [N, K / 2] with N a multiple of 64 and K of 32");
+  TORCH_CHECK(scales_offsets.scalar_type() == at::kFloat && scales_offsets.is_contiguous() &&
+                  scales_offsets.size(0) == K / kGroup && scales_offsets.size(1) == N,
+              "int4_rows: scales_offsets must be contiguous float32 [K / 32, N, 2]");
+  const int64_t groups = K / kGroup;
+  at::Tensor out = at::empty({M, N}, x.options().dtype(at::kFloat));
+  const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr());
+  std::vector<float> xsum(M * groups);  // sum of each row's activations in each group
+  for (int64_t i = 0; i < M * groups; ++i) {
+    float sum = 0.0f;
+    for (int t = 0; t < kGroup; ++t) {
+      const uint32_t bits = static_cast<uint32_t>(xp[i * kGroup + t]) << 16;  // bfloat16 -> float32, exact
+      float value;
+      std::memcpy(&value, &bits, sizeof(value));
+      sum += value;
+    }
+    xsum[i] = sum;
+  }
+  const auto* pp = packed.data_ptr<uint8_t>();
+  const float* sp = scales_offsets.data_ptr<float>();
+  const float* xs = xsum.data();
+  float* op = out.data_ptr<float>();
+  all_blocks(xp, M, K, pp, sp, N, xs, op);
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(nbllm, m) {
+  m.def("int4_rows(Tensor x, Tensor packed, Tensor scales_offsets) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(nbllm, CPU, m) {
+  m.impl("int4_rows", &int4_rows);
+}

@@ -1,0 +1,127 @@
+"""nbllm::int4_rows (nbllm/quant/int4_rows.cpp): nbllm's int4 product on torch's packed values with exact scales.
+
+It reads torch's packed 4-bit values with the checkpoint's own float32 scales, so it is checked
+against the exact product of the quantized weight (float64), against torch's kernel (whose scales
+and output are bfloat16), and inside an engine against the engine with it switched off.
+"""
+
+import warnings
+
+import pytest
+import torch
+
+from nbllm import LLM, SamplingParams
+from nbllm.layers.quantized_linear import QuantizedLinear
+from nbllm.quant import int4_rows
+from nbllm.quant.groups import GroupQuant
+from nbllm.quant.int4pack import exact_scales, int4_matmul, pack
+
+pytestmark = pytest.mark.skipif(not int4_rows.cpu_supports_rows_kernel(),
+                                reason="the row kernel needs AVX-512 BF16 (this CPU lacks it)")
+
+
+def operands(quantized: GroupQuant):
+    packed, scales_and_zeros, planes = pack(quantized)
+    return packed, scales_and_zeros, exact_scales(quantized, packed.shape[0]), planes
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9, 64])  # chunks of 4 rows and the rest
+def test_row_kernel_computes_the_exact_weights_product_to_float32_accuracy(bits, rows):
+    assert int4_rows.rows_kernel_available()
+    torch.manual_seed(rows + bits)
+    quantized = GroupQuant.from_float(torch.randn(320, 576) * 0.05 + 0.01, bits)
+    packed, scales_and_zeros, scales, planes = operands(quantized)
+    x = torch.randn(rows, 576)
+    exact = x.to(torch.bfloat16).double() @ quantized.dequantize().double().T  # the activations as both kernels take them
+    ours = int4_matmul(x, packed, scales, planes, rows_kernel=True)
+    theirs = int4_matmul(x, packed, scales_and_zeros, planes)
+    assert ours.dtype == torch.float32 and theirs.dtype == torch.bfloat16
+    scale = exact.abs().max().item()
+    ours_error = (ours.double() - exact).abs().max().item() / scale
+    theirs_error = (theirs.double() - exact).abs().max().item() / scale
+    assert ours_error < 1e-5  # float32 sums of exact products
+    assert theirs_error < 2e-2  # torch's kernel: bfloat16 scales, zero points and output
+    assert ours_error < theirs_error / 10
+
+
+def test_a_rows_result_does_not_depend_on_the_other_rows():
+    packed, _, scales, planes = operands(GroupQuant.from_float(torch.randn(128, 96), 4))
+    x = torch.randn(11, 96)
+    together = int4_matmul(x, packed, scales, planes, rows_kernel=True)
+    for i in range(11):
+        alone = int4_matmul(x[i:i + 1], packed, scales, planes, rows_kernel=True)
+        assert torch.equal(alone[0], together[i])
+    assert int4_matmul(x[:0], packed, scales, planes, rows_kernel=True).shape == (0, 128)
+
+
+def test_the_kernel_refuses_operands_it_was_not_written_for():
+    assert int4_rows.rows_kernel_available()
+    packed, scales_and_zeros, scales, _ = operands(GroupQuant.from_float(torch.randn(48, 64), 4))  # not blocks of 64
+    x = torch.randn(1, 64).to(torch.bfloat16)
+    with pytest.raises(RuntimeError, match="multiple of 64"):
+        torch.ops.nbllm.int4_rows(x, packed, scales)
+    packed, scales_and_zeros, scales, _ = operands(GroupQuant.from_float(torch.randn(64, 64), 4))
+    with pytest.raises(RuntimeError, match="float32"):
+        torch.ops.nbllm.int4_rows(x, packed, scales_and_zeros)  # torch's bfloat16 scales are not what it reads
+
+
+def top_two_gap(entries) -> float:
+    first, second = sorted((entry.logprob for entry in entries.values()), reverse=True)[:2]
+    return first - second
+
+
+def test_engine_decodes_the_same_tokens_with_and_without_the_row_kernel(tiny_llama_path):
+    """Greedy tokens equal, or part only at a near tie (within 0.15 nats on both sides): torch's kernel rounds
+    the group scales, zero points and outputs to bfloat16, which moves logprobs of this random tiny
+    model by up to about 0.1."""
+    greedy = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True, logprobs=2)
+    prompts = ["Once upon a time", "The capital of", "def add(a, b):", "Hello", "A B C"]
+    with LLM(str(tiny_llama_path), quantization="int4", num_kv_blocks=64, block_size=8) as llm:
+        linears = [m for m in llm.llm_engine.runner.model.modules() if isinstance(m, QuantizedLinear)]
+        assert linears and all(m.rows_kernel for m in linears)  # the tiny model's shapes are blocks of 64
+        with_kernel = llm.generate(prompts, greedy, use_tqdm=False)
+        alone = [llm.generate(prompt, greedy, use_tqdm=False)[0] for prompt in prompts]
+        for module in linears:
+            module.rows_kernel = False
+        without = llm.generate(prompts, greedy, use_tqdm=False)
+    gaps, equal = [], 0
+    for ours, by_itself, theirs in zip(with_kernel, alone, without):
+        # the same request alone or in a batch: the same arithmetic, the same outputs
+        assert by_itself.outputs[0].token_ids == ours.outputs[0].token_ids
+        assert by_itself.outputs[0].cumulative_logprob == ours.outputs[0].cumulative_logprob
+        tokens, reference = ours.outputs[0].token_ids, theirs.outputs[0].token_ids
+        parting = next((i for i, (a, b) in enumerate(zip(tokens, reference)) if a != b), None)
+        if parting is None:
+            equal += 1
+        else:
+            for side in (ours, theirs):
+                assert top_two_gap(side.outputs[0].logprobs[parting]) < 0.15
+        gaps += [abs(a[t].logprob - b[t].logprob)
+                 for t, a, b in zip(tokens[:parting], ours.outputs[0].logprobs, theirs.outputs[0].logprobs)]
+    assert equal >= 2  # the random tiny model has many near ties; every parting above is one
+    assert 0 < max(gaps) < 0.15
+
+
+def test_a_failed_build_warns_and_leaves_torchs_kernel(monkeypatch, tmp_path):
+    monkeypatch.setattr(int4_rows, "_library_path", lambda: tmp_path / "int4_rows.so")
+    monkeypatch.setenv("CXX", "false")  # a compiler that always fails
+    int4_rows.rows_kernel_available.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="int4 row kernel is not used"):
+            assert int4_rows.rows_kernel_available() is False
+    finally:
+        monkeypatch.undo()
+        int4_rows.rows_kernel_available.cache_clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert int4_rows.rows_kernel_available()  # the machine's own build, loaded again
+
+
+def test_switched_off_by_the_environment(monkeypatch):
+    monkeypatch.setenv(int4_rows.ENV_SWITCH, "0")
+    int4_rows.rows_kernel_available.cache_clear()
+    try:
+        assert int4_rows.rows_kernel_available() is False
+    finally:
+        int4_rows.rows_kernel_available.cache_clear()
