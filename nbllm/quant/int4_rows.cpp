@@ -2,7 +2,8 @@
 //
 // The weight is w = scale * q + c for 4-bit q in groups of 32 along K, with scale and c exactly as
 // the checkpoint has them (GGUF stores them as float16; torch's own kernel rounds them to bfloat16).
-// The caller passes, per group and output row, (scale, offset = c - 128 * scale) as float32. Rows of
+// The caller passes, per block of 64 output rows and per group, their scales and then their
+// offsets = c - 128 * scale, as float32 [N / 64, K / 32, 2, 64]: each block's in one piece. Rows of
 // x (bfloat16) are taken in chunks of up to 4 per pass over a block of 64 weight rows, with AVX-512
 // BF16 dot products: each q becomes the bfloat16 128 + q (exact: bfloat16 has unit spacing in
 // [128, 256), so that is an OR with 0x4300), two consecutive k of 16 output rows go into one
@@ -41,8 +42,6 @@ void block_rows(const uint16_t* x, int64_t K, const uint8_t* block, const float*
     second_half[2 * i] = 16 + i; second_half[2 * i + 1] = 48 + i;
   }
   const __m512i pair_first = _mm512_load_si512(first_half), pair_second = _mm512_load_si512(second_half);
-  const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-  const __m512i odd = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
   __m512 acc[M][4];
   for (int m = 0; m < M; ++m)
     for (int j = 0; j < 4; ++j) acc[m][j] = _mm512_setzero_ps();
@@ -81,11 +80,9 @@ void block_rows(const uint16_t* x, int64_t K, const uint8_t* block, const float*
       for (int j = 0; j < 4; ++j) dot[m][j] = _mm512_add_ps(dot[m][j], dot2[m][j]);
     for (int j = 0; j < 4; ++j) {
       // 16 (scale, zero) bfloat16 pairs: scale in the low half of each 32-bit lane
-      // 16 float32 (scale, offset) pairs, de-interleaved
-      const float* pair = scale_offset + 2 * (g * N + n0 + 16 * j);
-      const __m512 a = _mm512_loadu_ps(pair), b = _mm512_loadu_ps(pair + 16);
-      const __m512 scale = _mm512_permutex2var_ps(a, even, b);
-      const __m512 offset = _mm512_permutex2var_ps(a, odd, b);
+      const float* group_scales = scale_offset + (n0 / kBlock) * groups * 2 * kBlock + 2 * g * kBlock;
+      const __m512 scale = _mm512_loadu_ps(group_scales + 16 * j);
+      const __m512 offset = _mm512_loadu_ps(group_scales + kBlock + 16 * j);
       for (int m = 0; m < M; ++m) {
         acc[m][j] = _mm512_fmadd_ps(dot[m][j], scale, acc[m][j]);
         acc[m][j] = _mm512_fmadd_ps(offset, _mm512_set1_ps(xsum[m * groups + g]), acc[m][j]);
@@ -127,8 +124,9 @@ at::Tensor int4_rows(const at::Tensor& x, const at::Tensor& packed, const at::Te
   TORCH_CHECK(K % kGroup == 0 && N % kBlock == 0 && packed.size(1) == K / 2 && packed.is_contiguous(),
               "int4_rows: packed must be [N, K / 2] with N a multiple of 64 and K of 32");
   TORCH_CHECK(scales_offsets.scalar_type() == at::kFloat && scales_offsets.is_contiguous() &&
-                  scales_offsets.size(0) == K / kGroup && scales_offsets.size(1) == N,
-              "int4_rows: scales_offsets must be contiguous float32 [K / 32, N, 2]");
+                  scales_offsets.dim() == 4 && scales_offsets.size(0) == N / kBlock &&
+                  scales_offsets.size(1) == K / kGroup && scales_offsets.size(2) == 2 && scales_offsets.size(3) == kBlock,
+              "int4_rows: scales_offsets must be contiguous float32 [N / 64, K / 32, 2, 64]");
   const int64_t groups = K / kGroup;
   at::Tensor out = at::empty({M, N}, x.options().dtype(at::kFloat));
   const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr());

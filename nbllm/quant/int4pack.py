@@ -81,7 +81,8 @@ def int4_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, pla
 
 
 def exact_scales(weight: GroupQuant, padded_rows: int) -> torch.Tensor:
-    """float32 [planes * K / 32, padded_rows, 2]: (scale, offset) per group of the packed planes for
+    """float32 [padded_rows / 64, planes * K / 32, 2, 64]: per block of 64 rows (nbllm::int4_rows reads a
+    block's in one piece) and per group of the packed planes, the scales, then the offsets, for
     nbllm::int4_rows, which computes w = scale * q + c as scale * (128 + q) + offset with
     offset = c - 128 * scale. Both are exact for GGUF's float16 scales and minimums; 8-bit groups
     split as pack() splits them (hi plane: 16 * scale and the minimum; lo plane: scale and 0)."""
@@ -89,9 +90,11 @@ def exact_scales(weight: GroupQuant, padded_rows: int) -> torch.Tensor:
     if weight.bits > 4:
         scale = torch.cat((16 * scale, scale), dim=1)
         minimum = torch.cat((minimum, torch.zeros_like(minimum)), dim=1)
-    pairs = torch.stack((scale, minimum - 128 * scale), dim=-1).float()  # [N, G', 2]
-    pairs = torch.nn.functional.pad(pairs, (0, 0, 0, 0, 0, padded_rows - pairs.shape[0]))
-    return pairs.transpose(0, 1).contiguous()
+    pairs = torch.stack((scale.T, (minimum - 128 * scale).T), dim=1).float()  # [G', 2, N]
+    pairs = torch.nn.functional.pad(pairs, (0, padded_rows - pairs.shape[-1]))
+    if padded_rows % ROW_KERNEL_BLOCK:  # the kernel does not take these weights; nothing reads this
+        return pairs.contiguous()
+    return pairs.view(pairs.shape[0], 2, -1, ROW_KERNEL_BLOCK).permute(2, 0, 1, 3).contiguous()
 
 
 @lru_cache(maxsize=1)

@@ -109,8 +109,8 @@ def use_rows_kernel(linears: list[QuantizedLinear]) -> None:
 
     available = rows_kernel_available()
     for module in linears:
-        module.rows_kernel = (available and module.exact_scales is not None
-                              and module.packed_weight.shape[0] % ROW_KERNEL_BLOCK == 0)
+        module.rows_kernel = (available and module.packed_weight.shape[0] % ROW_KERNEL_BLOCK == 0
+                              and module.exact_scales is not None and module.exact_scales.dim() == 4)
 
 
 def _save_quietly(model: nn.Module, path: Path) -> None:
