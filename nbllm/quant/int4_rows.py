@@ -4,9 +4,8 @@ torch's CPU int4 kernel is compute-bound at one row: on the default model the 30
 took 4.08 ms a token with their 63 MiB of weights (15.6 GB/s, against about 22 GB/s streaming), and it
 rounds each group's scale and zero point to bfloat16. int4_rows reads the same packed 4-bit values with
 the checkpoint's exact scales (float32, from nbllm.quant.int4pack.exact_scales) and AVX-512 BF16 dot
-products: 2.81 ms for those products, 0.84 against 1.59 ms for the default model's lm_head (measured
-with bfloat16 scales; float32 ones add 12 MiB read per token), and no slower than torch's kernel up to
-2048 rows (prefills). Its output is float32, the product of the exact weights with bfloat16 activations,
+products: 2.91 against 3.78 ms for those products, and no slower than torch's kernel up to 2048 rows
+(prefills; measured with bfloat16 scales). Its output is float32, the product of the exact weights with bfloat16 activations,
 and a row's result does not depend on the other rows of the product, so results do not change with the
 batch.
 

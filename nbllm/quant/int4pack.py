@@ -10,7 +10,7 @@ of bfloat16 activations and of bfloat16 group scales (relative 2^-9).
 Where the CPU has AVX-512 BF16, products run instead on nbllm's own kernel over the same packed
 values with the checkpoint's exact float32 scales (``nbllm.quant.int4_rows``: float32 output, the
 same arithmetic for a row whatever else is in the product), which is no slower at any row count
-measured and 1.5-1.9x faster at one row, where torch's kernel is compute-bound.
+measured and 1.3x faster at one row (the default model's layers), where torch's kernel is compute-bound.
 
 Groups of up to 8 bits run as two 4-bit planes, ``v = 16 * hi + lo``, stored side by side along
 K (``[hi | lo]``) and multiplied by ``[x | x]``: one kernel call, the bytes of int8, and no
