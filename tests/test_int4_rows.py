@@ -105,6 +105,7 @@ def test_engine_decodes_the_same_tokens_with_and_without_the_row_kernel(tiny_lla
 
 def test_a_failed_build_warns_and_leaves_torchs_kernel(monkeypatch, tmp_path):
     monkeypatch.setattr(int4_rows, "_library_path", lambda: tmp_path / "int4_rows.so")
+    monkeypatch.setattr(int4_rows, "_op_loaded", lambda: False)  # as in a fresh process
     monkeypatch.setenv("CXX", "false")  # a compiler that always fails
     int4_rows.rows_kernel_available.cache_clear()
     try:
@@ -116,6 +117,17 @@ def test_a_failed_build_warns_and_leaves_torchs_kernel(monkeypatch, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert int4_rows.rows_kernel_available()  # the machine's own build, loaded again
+
+
+def test_a_second_cache_folder_reuses_the_loaded_kernel(monkeypatch, tmp_path):
+    assert int4_rows.rows_kernel_available()
+    monkeypatch.setenv("NBLLM_CACHE_DIR", str(tmp_path))  # no build there: the process has the op
+    int4_rows.rows_kernel_available.cache_clear()
+    try:
+        assert int4_rows.rows_kernel_available()
+        assert not (tmp_path / "extensions").exists()
+    finally:
+        int4_rows.rows_kernel_available.cache_clear()
 
 
 def test_switched_off_by_the_environment(monkeypatch):

@@ -74,6 +74,15 @@ def _build(target: Path) -> None:
     os.replace(partial, target)  # another process building at the same time gets a whole file either way
 
 
+def _op_loaded() -> bool:
+    """Whether this process already has nbllm::int4_rows (from any nbllm cache folder)."""
+    try:
+        torch.ops.nbllm.int4_rows.default
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
 def _register_fake() -> None:
     @torch.library.register_fake("nbllm::int4_rows")
     def _(x: torch.Tensor, packed: torch.Tensor, scales_offsets: torch.Tensor) -> torch.Tensor:
@@ -108,11 +117,12 @@ def rows_kernel_available() -> bool:
         return False
     library = _library_path()
     try:
-        if not library.exists():
-            logger.info("building nbllm's int4 row kernel into %s (once per machine)", library)
-            _build(library)
-        torch.ops.load_library(str(library))
-        _register_fake()
+        if not _op_loaded():  # once per process: a second library defining the op would abort
+            if not library.exists():
+                logger.info("building nbllm's int4 row kernel into %s (once per machine)", library)
+                _build(library)
+            torch.ops.load_library(str(library))
+            _register_fake()
         problem = _self_check()
     except (RuntimeError, OSError) as exc:
         problem = repr(exc)
