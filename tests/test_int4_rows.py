@@ -57,10 +57,11 @@ def test_a_rows_result_does_not_depend_on_the_other_rows():
 
 def test_the_kernel_refuses_operands_it_was_not_written_for():
     assert int4_rows.rows_kernel_available()
-    packed, scales_and_zeros, scales, _ = operands(GroupQuant.from_float(torch.randn(48, 64), 4))  # not blocks of 64
+    packed, _, scales, _ = operands(GroupQuant.from_float(torch.randn(48, 64), 4))  # not blocks of 64
+    assert scales is None  # exact_scales() gives none, so the loader leaves such a layer on torch's kernel
     x = torch.randn(1, 64).to(torch.bfloat16)
     with pytest.raises(RuntimeError, match="multiple of 64"):
-        torch.ops.nbllm.int4_rows(x, packed, scales)
+        torch.ops.nbllm.int4_rows(x, packed, torch.zeros(1, 2, 2, 64))
     packed, scales_and_zeros, scales, _ = operands(GroupQuant.from_float(torch.randn(64, 64), 4))
     with pytest.raises(RuntimeError, match="float32"):
         torch.ops.nbllm.int4_rows(x, packed, scales_and_zeros)  # torch's bfloat16 scales are not what it reads

@@ -78,9 +78,9 @@ void block_rows(const uint16_t* x, int64_t K, const uint8_t* block, const float*
     }
     for (int m = 0; m < M; ++m)
       for (int j = 0; j < 4; ++j) dot[m][j] = _mm512_add_ps(dot[m][j], dot2[m][j]);
+    // this block's 64 scales, then its 64 offsets, for group g
+    const float* group_scales = scale_offset + (n0 / kBlock) * groups * 2 * kBlock + 2 * g * kBlock;
     for (int j = 0; j < 4; ++j) {
-      // 16 (scale, zero) bfloat16 pairs: scale in the low half of each 32-bit lane
-      const float* group_scales = scale_offset + (n0 / kBlock) * groups * 2 * kBlock + 2 * g * kBlock;
       const __m512 scale = _mm512_loadu_ps(group_scales + 16 * j);
       const __m512 offset = _mm512_loadu_ps(group_scales + kBlock + 16 * j);
       for (int m = 0; m < M; ++m) {

@@ -21,6 +21,7 @@ the default model's Q8_0 embedding).
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Optional
 
 import torch
 
@@ -71,7 +72,7 @@ def int4_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, pla
     """x [M, K] (any float dtype) @ w.T -> [M, N]: bfloat16 from torch's kernel with `scales` the
     bfloat16 scales_and_zeros of pack(), or float32 from nbllm::int4_rows where `rows_kernel`, with
     `scales` the float32 scales_offsets of exact_scales() (the caller has checked the kernel is
-    available and that N is a multiple of ROW_KERNEL_BLOCK)."""
+    available and that exact_scales() gave some)."""
     x = x.to(ACTIVATION_DTYPE)
     if planes == 2:
         x = torch.cat((x, x), dim=1)
@@ -80,20 +81,21 @@ def int4_matmul(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, pla
     return _INT4_MM(x, packed, GROUP_SIZE, scales)
 
 
-def exact_scales(weight: GroupQuant, padded_rows: int) -> torch.Tensor:
+def exact_scales(weight: GroupQuant, padded_rows: int) -> Optional[torch.Tensor]:
     """float32 [padded_rows / 64, planes * K / 32, 2, 64]: per block of 64 rows (nbllm::int4_rows reads a
     block's in one piece) and per group of the packed planes, the scales, then the offsets, for
     nbllm::int4_rows, which computes w = scale * q + c as scale * (128 + q) + offset with
     offset = c - 128 * scale. Both are exact for GGUF's float16 scales and minimums; 8-bit groups
-    split as pack() splits them (hi plane: 16 * scale and the minimum; lo plane: scale and 0)."""
+    split as pack() splits them (hi plane: 16 * scale and the minimum; lo plane: scale and 0).
+    None where padded_rows is not a multiple of ROW_KERNEL_BLOCK: the kernel does not take those."""
+    if padded_rows % ROW_KERNEL_BLOCK:
+        return None
     scale, minimum = weight.scale.double(), weight.minimum.double()  # [N, G]
     if weight.bits > 4:
         scale = torch.cat((16 * scale, scale), dim=1)
         minimum = torch.cat((minimum, torch.zeros_like(minimum)), dim=1)
     pairs = torch.stack((scale.T, (minimum - 128 * scale).T), dim=1).float()  # [G', 2, N]
     pairs = torch.nn.functional.pad(pairs, (0, padded_rows - pairs.shape[-1]))
-    if padded_rows % ROW_KERNEL_BLOCK:  # the kernel does not take these weights; nothing reads this
-        return pairs.contiguous()
     return pairs.view(pairs.shape[0], 2, -1, ROW_KERNEL_BLOCK).permute(2, 0, 1, 3).contiguous()
 
 

@@ -36,7 +36,7 @@ from nbllm.quant import packed_cache
 from nbllm.quant.gguf_blocks import REQUANTIZED_BITS, decode
 from nbllm.quant.gguf_file import read_gguf
 from nbllm.quant.groups import GROUP_SIZE, GroupQuant
-from nbllm.quant.int4pack import ROW_KERNEL_BLOCK, int4pack_available
+from nbllm.quant.int4pack import int4pack_available
 
 logger = logging.getLogger(__name__)
 QUANTIZATION_METHODS = tuple(method for method in _CONFIG_METHODS if method is not None)
@@ -109,8 +109,7 @@ def use_rows_kernel(linears: list[QuantizedLinear]) -> None:
 
     available = rows_kernel_available()
     for module in linears:
-        module.rows_kernel = (available and module.packed_weight.shape[0] % ROW_KERNEL_BLOCK == 0
-                              and module.exact_scales is not None and module.exact_scales.dim() == 4)
+        module.rows_kernel = available and module.exact_scales is not None  # None: not blocks of 64 rows
 
 
 def _save_quietly(model: nn.Module, path: Path) -> None:

@@ -37,7 +37,7 @@ def layout_fingerprint() -> str:
     values = (torch.arange(64 * 64, dtype=torch.int64) * 7 % 251).to(torch.uint8).view(64, 64)
     probe = GroupQuant(values, torch.full((64, 2), 0.5), torch.full((64, 2), -1.0), 8)
     packed, scales_and_zeros, _ = pack(probe)
-    digest = hashlib.sha1(f"{torch.__version__} exact_scales [N/64, G, 2, 64]".encode())  # files without them are rebuilt
+    digest = hashlib.sha1(f"{torch.__version__} exact_scales [N/64, G, 2, 64] or none".encode())  # files without them are rebuilt
     digest.update(packed.numpy().tobytes())
     digest.update(scales_and_zeros.view(torch.int16).numpy().tobytes())
     return digest.hexdigest()[:12]
