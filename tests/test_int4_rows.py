@@ -26,7 +26,7 @@ def operands(quantized: GroupQuant):
 
 
 @pytest.mark.parametrize("bits", [4, 8])
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9, 64])  # chunks of 4 rows and the rest
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 9, 64, 150])  # both paths, tiles of 4 and the rest, rows split over threads
 def test_row_kernel_computes_the_exact_weights_product_to_float32_accuracy(bits, rows):
     assert int4_rows.rows_kernel_available()
     torch.manual_seed(rows + bits)
@@ -45,11 +45,12 @@ def test_row_kernel_computes_the_exact_weights_product_to_float32_accuracy(bits,
     assert ours_error < theirs_error / 10
 
 
-def test_a_rows_result_does_not_depend_on_the_other_rows():
+@pytest.mark.parametrize("rows", [2, 3, 11, 150])  # on the fly (< 4 rows), converted blocks, split rows
+def test_a_rows_result_does_not_depend_on_the_other_rows(rows):
     packed, _, scales, planes = operands(GroupQuant.from_float(torch.randn(128, 96), 4))
-    x = torch.randn(11, 96)
+    x = torch.randn(rows, 96)
     together = int4_matmul(x, packed, scales, planes, rows_kernel=True)
-    for i in range(11):
+    for i in range(rows):
         alone = int4_matmul(x[i:i + 1], packed, scales, planes, rows_kernel=True)
         assert torch.equal(alone[0], together[i])
     assert int4_matmul(x[:0], packed, scales, planes, rows_kernel=True).shape == (0, 128)

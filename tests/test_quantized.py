@@ -22,7 +22,7 @@ from nbllm.config import EngineConfig
 from nbllm.engine.model_runner import build_model
 from nbllm.layers.quantized_linear import DENSE_MIN_ROWS, DenseProducts, QuantizedEmbedding, QuantizedLinear
 from nbllm.loader import load_hf_config, resolve_model_path, weight_files
-from nbllm.quant import loading, packed_cache
+from nbllm.quant import int4_rows, loading, packed_cache
 from nbllm.quant.gguf_blocks import decode
 from nbllm.quant.groups import GroupQuant
 from nbllm.quant.int4pack import int4_matmul, pack
@@ -221,6 +221,13 @@ def test_dense_copies_by_default_need_bf16_instructions_and_fit_the_budget(monke
     copies = 2 * 2 * 64 * 32  # bytes
     monkeypatch.setattr(loading, "cpu_has_bf16_dot_products", lambda: True)
     monkeypatch.setattr(loading, "DENSE_COPIES_MAX_BYTES", copies)
+    monkeypatch.setattr(int4_rows, "rows_kernel_available", lambda: False)
+    assert loading.wants_dense_copies(linears)
+    # nbllm's own int4 kernel is as fast as the copies and exact: no copies, unless oneDNN has AMX tiles
+    monkeypatch.setattr(int4_rows, "rows_kernel_available", lambda: True)
+    monkeypatch.setattr(loading, "cpu_has_amx", lambda: False)
+    assert not loading.wants_dense_copies(linears)
+    monkeypatch.setattr(loading, "cpu_has_amx", lambda: True)
     assert loading.wants_dense_copies(linears)
     monkeypatch.setattr(loading, "DENSE_COPIES_MAX_BYTES", copies - 1)
     assert not loading.wants_dense_copies(linears)
