@@ -12,13 +12,16 @@ import torch
 import torch.nn.functional as F
 
 from nbllm.layers.attention_backend import AttentionMetadata, KVCache
+from nbllm.layers.paged_attention import can_attend_in_place
 
 
 class TorchAttentionBackend:
     """The plain PyTorch path: the CPU implementation and the reference for the kernels.
 
-    Decodes are batched: their contexts are gathered into a padded [B, L] slot index
-    (padding points at the zeroed block 0 and is masked out) and attended in one call.
+    Decodes are batched. On CPUs where nbllm's paged decode attention kernel runs
+    (nbllm.layers.paged_attention: float32 caches, no soft cap) they attend in place in the
+    cache; otherwise their contexts are gathered into a padded [B, L] slot index (padding
+    points at the zeroed block 0 and is masked out) and attended in one SDPA call.
     Prefills run one sequence at a time; a prefill with no cached context attends to
     its own fresh keys without touching the cache. A sliding window only narrows the
     masks (the whole context stays gathered); soft-capped scores take SDPA's math by hand.
@@ -37,6 +40,7 @@ class TorchAttentionBackend:
             block_idx = meta.block_tables[:nd, : -(-max_len // meta.block_size)].to(torch.int64)
             slots = block_idx[:, pos // meta.block_size] * meta.block_size + pos % meta.block_size
             valid = pos[None, :] < lens[:, None]  # [Bd, L]
+            meta.extras["decode_lens"] = lens
             meta.extras["decode_slots"] = torch.where(valid, slots, torch.zeros_like(slots))
             meta.extras["decode_mask"] = valid[:, None, None, :]  # [Bd, 1, 1, L]
             meta.extras["decode_distance"] = lens[:, None] - pos[None, :]  # [Bd, L]: 1 for the newest key
@@ -82,7 +86,11 @@ class TorchAttentionBackend:
 
         out = torch.empty_like(q)
         nd = meta.num_decodes
-        if nd:
+        if nd and can_attend_in_place(q, key_cache, logits_soft_cap):
+            out[:nd] = torch.ops.nbllm.paged_decode_attention(
+                q[:nd].contiguous(), key_cache, value_cache, meta.block_tables, meta.extras["decode_lens"], scale,
+                sliding_window or 0)
+        elif nd:
             out[:nd] = self._decode(q[:nd], k_flat, v_flat, meta, scale, sliding_window, logits_soft_cap)
         start = nd
         for i, b in enumerate(range(nd, meta.num_seqs)):

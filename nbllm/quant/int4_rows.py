@@ -19,11 +19,8 @@ products stay on torch's kernel (with a warning when a build was tried and faile
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import shutil
-import subprocess
 import warnings
 from functools import lru_cache
 from pathlib import Path
@@ -31,7 +28,7 @@ from typing import Optional
 
 import torch
 
-from nbllm.default_model import cache_dir
+from nbllm import native
 from nbllm.loader import cpu_flags
 
 logger = logging.getLogger(__name__)
@@ -45,42 +42,13 @@ def cpu_supports_rows_kernel() -> bool:
     return flags is not None and all(flag in flags for flag in _FLAGS)
 
 
-# -fopenmp: at::parallel_for is inline OpenMP, a serial loop without it
-_CXX_FLAGS = ("-O3", "-shared", "-fPIC", "-std=c++17", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16",
-              "-fopenmp", f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}")
-
-
 def _library_path() -> Path:
-    key = hashlib.sha256(_SOURCE.read_bytes() + " ".join((torch.__version__, *_CXX_FLAGS)).encode()).hexdigest()[:16]
-    return cache_dir() / "extensions" / f"int4_rows-{key}.so"
-
-
-def _build(target: Path) -> None:
-    from torch.utils import cpp_extension
-
-    compiler = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-    if compiler is None:
-        raise RuntimeError("no C++ compiler (g++ or c++; or set CXX)")
-    command = [compiler, *_CXX_FLAGS, str(_SOURCE)]
-    command += [f"-I{path}" for path in cpp_extension.include_paths()]
-    command += [f"-L{path}" for path in cpp_extension.library_paths()]
-    command += ["-lc10", "-ltorch_cpu"]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(f".{os.getpid()}.tmp")
-    result = subprocess.run(command + ["-o", str(partial)], capture_output=True, text=True)
-    if result.returncode != 0:
-        partial.unlink(missing_ok=True)
-        raise RuntimeError(f"compiling {_SOURCE.name} failed: {result.stderr[-1000:]}")
-    os.replace(partial, target)  # another process building at the same time gets a whole file either way
+    return native.library_path(_SOURCE)
 
 
 def _op_loaded() -> bool:
     """Whether this process already has nbllm::int4_rows (from any nbllm cache folder)."""
-    try:
-        torch.ops.nbllm.int4_rows.default
-    except (AttributeError, RuntimeError):
-        return False
-    return True
+    return native.op_loaded("int4_rows")
 
 
 def _register_fake() -> None:
@@ -120,8 +88,7 @@ def rows_kernel_available() -> bool:
         if not _op_loaded():  # once per process: a second library defining the op would abort
             if not library.exists():
                 logger.info("building nbllm's int4 row kernel into %s (once per machine)", library)
-                _build(library)
-            torch.ops.load_library(str(library))
+            native.build_and_load(library, _SOURCE)
             _register_fake()
         problem = _self_check()
     except (RuntimeError, OSError) as exc:
