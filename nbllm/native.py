@@ -10,14 +10,18 @@ same op would abort it). The kernels use AVX-512 (and AVX-512 BF16); callers che
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 
 from nbllm.default_model import cache_dir
+
+logger = logging.getLogger(__name__)
 
 # -fopenmp: at::parallel_for is inline OpenMP, a serial loop without it
 CXX_FLAGS = ("-O3", "-shared", "-fPIC", "-std=c++17", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16",
@@ -59,8 +63,19 @@ def op_loaded(name: str) -> bool:
     return True
 
 
-def build_and_load(library: Path, source: Path) -> None:
-    """Load `library`, building it from `source` first where it is missing (RuntimeError, OSError)."""
-    if not library.exists():
-        build(source, library)
-    torch.ops.load_library(str(library))
+def load_checked(library: Path, source: Path, loaded: Callable[[], bool], register_fake: Callable[[], None],
+                 self_check: Callable[[], Optional[str]]) -> Optional[str]:
+    """Make a kernel usable in this process: unless `loaded()` says the process has its op already
+    (a second library defining it would abort the process), load `library`, building it from `source`
+    first where it is missing, and register its fake (meta) implementation; then run `self_check`.
+    Returns None when the kernel can be used, else what went wrong (a failed build, load or check)."""
+    try:
+        if not loaded():
+            if not library.exists():
+                logger.info("building %s into %s (once per machine)", source.name, library)
+                build(source, library)
+            torch.ops.load_library(str(library))
+            register_fake()
+        return self_check()
+    except (RuntimeError, OSError) as exc:
+        return repr(exc)

@@ -5,6 +5,8 @@ problems with scattered blocks, grouped query heads and sliding windows, against
 path it replaces, and inside an engine against the engine with it switched off.
 """
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -58,7 +60,6 @@ def test_kernel_matches_its_contract(lens, num_heads, num_kv_heads, head_dim, bl
 def test_kernel_matches_the_gathered_sdpa_path_and_each_sequence_is_independent():
     lens = [5, 130, 17, 64, 1, 99, 250, 3]
     q, key_cache, value_cache, tables, seq_lens = paged_problem(lens, 9, 3, 64, 16, seed=1)
-    from types import SimpleNamespace
     meta = SimpleNamespace(slot_mapping=torch.zeros(len(lens), dtype=torch.int64), num_decodes=len(lens),
                            num_seqs=len(lens), seq_lens=seq_lens.to(torch.int32), seq_lens_cpu=lens,
                            block_tables=tables, block_size=16, extras={}, query_lens_cpu=[1] * len(lens))

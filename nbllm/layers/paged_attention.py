@@ -15,7 +15,6 @@ nbllm's other kernels (nbllm.native), once per machine.
 
 from __future__ import annotations
 
-import logging
 import os
 import warnings
 from functools import lru_cache
@@ -27,7 +26,6 @@ import torch
 from nbllm import native
 from nbllm.loader import cpu_flags
 
-logger = logging.getLogger(__name__)
 ENV_SWITCH = "NBLLM_PAGED_ATTENTION"  # "0" keeps decodes on the gathered SDPA path
 _SOURCE = Path(__file__).with_name("paged_attention.cpp")
 _FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16")  # native.CXX_FLAGS compiles for all four
@@ -85,16 +83,8 @@ def paged_attention_available() -> bool:
     """Whether nbllm::paged_decode_attention is loaded and checked in this process (built on first use per machine)."""
     if os.environ.get(ENV_SWITCH, "1") == "0" or not cpu_supports_paged_attention():
         return False
-    library = native.library_path(_SOURCE)
-    try:
-        if not native.op_loaded("paged_decode_attention"):
-            if not library.exists():
-                logger.info("building nbllm's paged decode attention into %s (once per machine)", library)
-            native.build_and_load(library, _SOURCE)
-            _register_fake()
-        problem = _self_check()
-    except (RuntimeError, OSError) as exc:
-        problem = repr(exc)
+    problem = native.load_checked(native.library_path(_SOURCE), _SOURCE,
+                                  lambda: native.op_loaded("paged_decode_attention"), _register_fake, _self_check)
     if problem is not None:
         warnings.warn(f"nbllm: the paged decode attention kernel is not used, decodes gather their context "
                       f"({problem:.300})", RuntimeWarning, stacklevel=2)

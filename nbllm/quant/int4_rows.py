@@ -19,7 +19,6 @@ products stay on torch's kernel (with a warning when a build was tried and faile
 
 from __future__ import annotations
 
-import logging
 import os
 import warnings
 from functools import lru_cache
@@ -31,7 +30,6 @@ import torch
 from nbllm import native
 from nbllm.loader import cpu_flags
 
-logger = logging.getLogger(__name__)
 ENV_SWITCH = "NBLLM_INT4_ROWS"  # "0" keeps every product on torch's kernel
 _SOURCE = Path(__file__).with_name("int4_rows.cpp")
 _FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16")
@@ -83,16 +81,7 @@ def rows_kernel_available() -> bool:
     """Whether nbllm::int4_rows is loaded and checked in this process (builds it on first use per machine)."""
     if os.environ.get(ENV_SWITCH, "1") == "0" or not cpu_supports_rows_kernel():
         return False
-    library = _library_path()
-    try:
-        if not _op_loaded():  # once per process: a second library defining the op would abort
-            if not library.exists():
-                logger.info("building nbllm's int4 row kernel into %s (once per machine)", library)
-            native.build_and_load(library, _SOURCE)
-            _register_fake()
-        problem = _self_check()
-    except (RuntimeError, OSError) as exc:
-        problem = repr(exc)
+    problem = native.load_checked(_library_path(), _SOURCE, _op_loaded, _register_fake, _self_check)
     if problem is not None:
         warnings.warn(f"nbllm: the int4 row kernel is not used, torch's int4 kernel serves every product "
                       f"({problem:.300})", RuntimeWarning, stacklevel=2)
