@@ -36,18 +36,45 @@ namespace {
 constexpr int kGroup = 32;
 constexpr int kBlock = 64;
 
+// Turns 4-bit values into the bfloat16 128 + q pairs the dot products take: one k pair (k, k + 1)
+// of a 64-row block, two cache lines at `at`, becomes four vectors of 16 output rows each, j = 0..3
+// (rows 16 j .. 16 j + 15 of the block), each lane pair holding (q[n, k], q[n, k + 1]).
+class PairConverter {
+ public:
+  PairConverter() {
+    // 16-bit lane 2i takes element i of the first source, lane 2i + 1 element i of the second
+    alignas(64) uint16_t first_half[32], second_half[32];
+    for (int i = 0; i < 16; ++i) {
+      first_half[2 * i] = i; first_half[2 * i + 1] = 32 + i;
+      second_half[2 * i] = 16 + i; second_half[2 * i + 1] = 48 + i;
+    }
+    pair_first_ = _mm512_load_si512(first_half);
+    pair_second_ = _mm512_load_si512(second_half);
+  }
+
+  void convert(const uint8_t* at, __m512i out[4]) const {
+    const __m512i w0 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)at));
+    const __m512i w1 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)(at + 32)));
+    const __m512i lo0 = _mm512_ternarylogic_epi32(w0, low_nibble_, base_, 0xEA);  // (w & 15) | base
+    const __m512i lo1 = _mm512_ternarylogic_epi32(w1, low_nibble_, base_, 0xEA);
+    const __m512i hi0 = _mm512_or_si512(_mm512_srli_epi16(w0, 4), base_);
+    const __m512i hi1 = _mm512_or_si512(_mm512_srli_epi16(w1, 4), base_);
+    out[0] = _mm512_permutex2var_epi16(lo0, pair_first_, lo1);  // rows 0-31 are the low nibbles
+    out[1] = _mm512_permutex2var_epi16(lo0, pair_second_, lo1);
+    out[2] = _mm512_permutex2var_epi16(hi0, pair_first_, hi1);  // rows 32-63 the high ones
+    out[3] = _mm512_permutex2var_epi16(hi0, pair_second_, hi1);
+  }
+
+ private:
+  const __m512i low_nibble_ = _mm512_set1_epi16(0x000F);
+  const __m512i base_ = _mm512_set1_epi16(0x4300);  // bfloat16 128.0
+  __m512i pair_first_, pair_second_;
+};
+
 template <int M>
 void block_rows(const uint16_t* x, int64_t K, const uint8_t* block, const float* scale_offset, int64_t N,
                 int64_t n0, const float* xsum, float* out) {
-  const __m512i low_nibble = _mm512_set1_epi16(0x000F);
-  const __m512i base = _mm512_set1_epi16(0x4300);  // bfloat16 128.0
-  // 16-bit lane 2i takes element i of the first source, lane 2i + 1 element i of the second
-  alignas(64) uint16_t first_half[32], second_half[32];
-  for (int i = 0; i < 16; ++i) {
-    first_half[2 * i] = i; first_half[2 * i + 1] = 32 + i;
-    second_half[2 * i] = 16 + i; second_half[2 * i + 1] = 48 + i;
-  }
-  const __m512i pair_first = _mm512_load_si512(first_half), pair_second = _mm512_load_si512(second_half);
+  const PairConverter converter;
   __m512 acc[M][4];
   for (int m = 0; m < M; ++m)
     for (int j = 0; j < 4; ++j) acc[m][j] = _mm512_setzero_ps();
@@ -58,19 +85,8 @@ void block_rows(const uint16_t* x, int64_t K, const uint8_t* block, const float*
       for (int j = 0; j < 4; ++j) dot[m][j] = dot2[m][j] = _mm512_setzero_ps();
     for (int64_t k = g * kGroup; k < (g + 1) * kGroup; k += 4) {
       __m512i pairs[2][4];
-      for (int h = 0; h < 2; ++h) {
-        const uint8_t* at = block + (k + 2 * h) * 32;  // k pairs (k, k + 1) and (k + 2, k + 3): two cache lines
-        const __m512i w0 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)at));
-        const __m512i w1 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)(at + 32)));
-        const __m512i lo0 = _mm512_ternarylogic_epi32(w0, low_nibble, base, 0xEA);  // (w & 15) | base
-        const __m512i lo1 = _mm512_ternarylogic_epi32(w1, low_nibble, base, 0xEA);
-        const __m512i hi0 = _mm512_or_si512(_mm512_srli_epi16(w0, 4), base);
-        const __m512i hi1 = _mm512_or_si512(_mm512_srli_epi16(w1, 4), base);
-        pairs[h][0] = _mm512_permutex2var_epi16(lo0, pair_first, lo1);
-        pairs[h][1] = _mm512_permutex2var_epi16(lo0, pair_second, lo1);
-        pairs[h][2] = _mm512_permutex2var_epi16(hi0, pair_first, hi1);
-        pairs[h][3] = _mm512_permutex2var_epi16(hi0, pair_second, hi1);
-      }
+      for (int h = 0; h < 2; ++h)  // k pairs (k, k + 1) and (k + 2, k + 3): two cache lines each
+        converter.convert(block + (k + 2 * h) * 32, pairs[h]);
       for (int m = 0; m < M; ++m) {
         int32_t x_pair[2];
         std::memcpy(x_pair, x + m * K + k, sizeof(x_pair));
@@ -104,29 +120,13 @@ void block_rows(const uint16_t* x, int64_t K, const uint8_t* block, const float*
 // is j / 2 (output rows 32 * half .. 32 * half + 31 of the block) and h picks the pair (k, k + 1) or
 // (k + 2, k + 3). K * 128 bytes.
 void convert_block(const uint8_t* block, int64_t K, __m512i* pairs_out) {
-  const __m512i low_nibble = _mm512_set1_epi16(0x000F);
-  const __m512i base = _mm512_set1_epi16(0x4300);
-  alignas(64) uint16_t first_half[32], second_half[32];
-  for (int i = 0; i < 16; ++i) {
-    first_half[2 * i] = i; first_half[2 * i + 1] = 32 + i;
-    second_half[2 * i] = 16 + i; second_half[2 * i + 1] = 48 + i;
-  }
-  const __m512i pair_first = _mm512_load_si512(first_half), pair_second = _mm512_load_si512(second_half);
+  const PairConverter converter;
   const int64_t quads = K / 4;
   for (int64_t kq = 0; kq < quads; ++kq) {
     for (int h = 0; h < 2; ++h) {
-      const uint8_t* at = block + (4 * kq + 2 * h) * 32;
-      const __m512i w0 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)at));
-      const __m512i w1 = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i*)(at + 32)));
-      const __m512i lo0 = _mm512_ternarylogic_epi32(w0, low_nibble, base, 0xEA);
-      const __m512i lo1 = _mm512_ternarylogic_epi32(w1, low_nibble, base, 0xEA);
-      const __m512i hi0 = _mm512_or_si512(_mm512_srli_epi16(w0, 4), base);
-      const __m512i hi1 = _mm512_or_si512(_mm512_srli_epi16(w1, 4), base);
-      // j = 0, 1 (half 0) come from the low nibbles, j = 2, 3 (half 1) from the high ones
-      pairs_out[(0 * quads + kq) * 4 + 2 * h + 0] = _mm512_permutex2var_epi16(lo0, pair_first, lo1);
-      pairs_out[(0 * quads + kq) * 4 + 2 * h + 1] = _mm512_permutex2var_epi16(lo0, pair_second, lo1);
-      pairs_out[(1 * quads + kq) * 4 + 2 * h + 0] = _mm512_permutex2var_epi16(hi0, pair_first, hi1);
-      pairs_out[(1 * quads + kq) * 4 + 2 * h + 1] = _mm512_permutex2var_epi16(hi0, pair_second, hi1);
+      __m512i pairs[4];
+      converter.convert(block + (4 * kq + 2 * h) * 32, pairs);
+      for (int j = 0; j < 4; ++j) pairs_out[((j / 2) * quads + kq) * 4 + 2 * h + j % 2] = pairs[j];
     }
   }
 }
