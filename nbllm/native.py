@@ -4,7 +4,8 @@ Each kernel is one C++ source beside its Python module, compiled with g++ (or ``
 installed torch into ``<nbllm cache>/extensions/<name>-<hash>.so``: the hash covers the source, the
 torch version and the flags, so a changed kernel or torch builds anew and a build is shared by every
 process on the machine. A library is loaded at most once per process (a second copy defining the
-same op would abort it). The kernels use AVX-512 (and AVX-512 BF16); callers check the CPU first.
+same op would abort it). The kernels use AVX-512 (and AVX-512 BF16); callers check
+`cpu_runs_kernels()` first.
 """
 
 from __future__ import annotations
@@ -14,18 +15,30 @@ import logging
 import os
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
 from nbllm.default_model import cache_dir
+from nbllm.loader import cpu_flags
 
 logger = logging.getLogger(__name__)
 
 # -fopenmp: at::parallel_for is inline OpenMP, a serial loop without it
 CXX_FLAGS = ("-O3", "-shared", "-fPIC", "-std=c++17", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16",
              "-fopenmp", f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}")
+
+
+# what CXX_FLAGS compile for: a CPU must list all of these in /proc/cpuinfo to run the kernels
+CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16")
+
+
+def cpu_runs_kernels() -> bool:
+    """Whether this CPU has every instruction set the kernels are compiled for."""
+    flags = cpu_flags()
+    return flags is not None and all(flag in flags for flag in CPU_FLAGS)
 
 
 def library_path(source: Path) -> Path:
@@ -63,12 +76,19 @@ def op_loaded(name: str) -> bool:
     return True
 
 
-def load_checked(library: Path, source: Path, loaded: Callable[[], bool], register_fake: Callable[[], None],
-                 self_check: Callable[[], Optional[str]]) -> Optional[str]:
-    """Make a kernel usable in this process: unless `loaded()` says the process has its op already
-    (a second library defining it would abort the process), load `library`, building it from `source`
-    first where it is missing, and register its fake (meta) implementation; then run `self_check`.
-    Returns None when the kernel can be used, else what went wrong (a failed build, load or check)."""
+def kernel_usable(switch: str, library: Path, source: Path, loaded: Callable[[], bool],
+                  register_fake: Callable[[], None], self_check: Callable[[], Optional[str]],
+                  fallback: str) -> bool:
+    """Whether a kernel can be used in this process, making it so where it can.
+
+    False, silently, when the environment variable `switch` is "0" or the CPU lacks the instructions.
+    Otherwise, unless `loaded()` says the process has the op already (a second library defining it
+    would abort the process): load `library`, building it from `source` first where it is missing,
+    and register its fake (meta) implementation; then run `self_check` (None: passed, else what
+    differed). A failed build, load or check warns, naming `fallback` (what runs instead) and the
+    problem, and gives False."""
+    if os.environ.get(switch, "1") == "0" or not cpu_runs_kernels():
+        return False
     try:
         if not loaded():
             if not library.exists():
@@ -76,6 +96,10 @@ def load_checked(library: Path, source: Path, loaded: Callable[[], bool], regist
                 build(source, library)
             torch.ops.load_library(str(library))
             register_fake()
-        return self_check()
+        problem = self_check()
     except (RuntimeError, OSError) as exc:
-        return repr(exc)
+        problem = repr(exc)
+    if problem is not None:
+        warnings.warn(f"nbllm: {fallback} ({problem:.300})", RuntimeWarning, stacklevel=3)
+        return False
+    return True

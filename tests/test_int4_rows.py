@@ -10,13 +10,13 @@ import warnings
 import pytest
 import torch
 
-from nbllm import LLM, SamplingParams
+from nbllm import LLM, SamplingParams, native
 from nbllm.layers.quantized_linear import QuantizedLinear
 from nbllm.quant import int4_rows
 from nbllm.quant.groups import GroupQuant
 from nbllm.quant.int4pack import exact_scales, int4_matmul, pack
 
-pytestmark = pytest.mark.skipif(not int4_rows.cpu_supports_rows_kernel(),
+pytestmark = pytest.mark.skipif(not native.cpu_runs_kernels(),
                                 reason="the row kernel needs AVX-512 BF16 (this CPU lacks it)")
 
 

@@ -10,11 +10,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from nbllm import LLM, SamplingParams
+from nbllm import LLM, SamplingParams, native
 from nbllm.layers import paged_attention, torch_attention
 from nbllm.layers.paged_attention import reference_decode_attention
 
-pytestmark = pytest.mark.skipif(not paged_attention.cpu_supports_paged_attention(),
+pytestmark = pytest.mark.skipif(not native.cpu_runs_kernels(),
                                 reason="the paged decode attention kernel needs AVX-512 (this CPU lacks it)")
 
 

@@ -19,8 +19,6 @@ products stay on torch's kernel (with a warning when a build was tried and faile
 
 from __future__ import annotations
 
-import os
-import warnings
 from functools import lru_cache
 from pathlib import Path
 from typing import Optional
@@ -28,16 +26,9 @@ from typing import Optional
 import torch
 
 from nbllm import native
-from nbllm.loader import cpu_flags
 
 ENV_SWITCH = "NBLLM_INT4_ROWS"  # "0" keeps every product on torch's kernel
 _SOURCE = Path(__file__).with_name("int4_rows.cpp")
-_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16")
-
-
-def cpu_supports_rows_kernel() -> bool:
-    flags = cpu_flags()
-    return flags is not None and all(flag in flags for flag in _FLAGS)
 
 
 def _library_path() -> Path:
@@ -79,11 +70,5 @@ def _self_check() -> Optional[str]:
 @lru_cache(maxsize=1)
 def rows_kernel_available() -> bool:
     """Whether nbllm::int4_rows is loaded and checked in this process (builds it on first use per machine)."""
-    if os.environ.get(ENV_SWITCH, "1") == "0" or not cpu_supports_rows_kernel():
-        return False
-    problem = native.load_checked(_library_path(), _SOURCE, _op_loaded, _register_fake, _self_check)
-    if problem is not None:
-        warnings.warn(f"nbllm: the int4 row kernel is not used, torch's int4 kernel serves every product "
-                      f"({problem:.300})", RuntimeWarning, stacklevel=2)
-        return False
-    return True
+    return native.kernel_usable(ENV_SWITCH, _library_path(), _SOURCE, _op_loaded, _register_fake, _self_check,
+                                "the int4 row kernel is not used, torch's int4 kernel serves every product")
