@@ -163,7 +163,7 @@ def run_nbllm(work: dict) -> dict:
     out["weight_bytes"] = sum(t.numel() * t.element_size() for t in tensors.values())
     # what one decode step streams: every linear layer's weights (an embedding lookup reads a few rows)
     out["streamed_bytes"] = sum(t.numel() * t.element_size() for m in model.modules() if isinstance(m, QuantizedLinear)
-                                for t in (m.packed_weight, m.exact_scales if m.rows_kernel else m.scales_and_zeros))
+                                for t in m.product_buffers())
     out["linear_params"] = sum(m.in_features * m.out_features for m in model.modules()
                                if isinstance(m, (QuantizedLinear, torch.nn.Linear)))
     out["quantized"] = any(isinstance(m, QuantizedLinear) for m in model.modules())

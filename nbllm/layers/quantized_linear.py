@@ -9,8 +9,10 @@ soon as its last piece arrives, embeddings (and the lm_head tied to one) after l
 
 - ``QuantizedLinear``: torch's packed int4 layout (``nbllm.quant.int4pack``); the product runs in
   bfloat16 with float32 accumulation, and its output is returned in the input's dtype. Products
-  where ``rows_kernel`` is set run on nbllm's kernel instead (``nbllm.quant.int4_rows``: the same
-  packed values with the exact float32 scales kept in ``exact_scales``, float32 output). With
+  where ``rows_kernel`` is set run on nbllm's kernels instead (``nbllm.quant.int4_rows``: the same
+  packed values, or for 8-bit weights their bytes in ``int8_weight``, with the exact float32 scales
+  kept in ``exact_scales``, float32 output); the loader then drops the buffers the products do not
+  read (``use_rows_kernel``). With
   ``keep_dense`` set before finalizing, it also keeps a bfloat16 copy of its dequantized weight,
   which ``DenseProducts`` lets it use for products of ``DENSE_MIN_ROWS`` rows or more: torch's int4
   kernel is compute-bound there (about 165 GFLOP/s at 64 rows on a 2-core AVX-512 machine, where
@@ -28,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nbllm.quant.groups import GROUP_SIZE, GroupQuant
-from nbllm.quant.int4pack import ACTIVATION_DTYPE, exact_scales, int4_matmul, pack
+from nbllm.quant.int4pack import ACTIVATION_DTYPE, exact_scales, int4_matmul, int8_layout, pack, rows_matmul
 
 # Products of this many rows or more use a layer's dense copy, where it has one: measured on the
 # default model's four layer shapes, the bfloat16 copy is 12% faster at 12 rows, 45% at 64, and
@@ -95,11 +97,12 @@ class QuantizedLinear(QuantizedModule):
         self._bias_shards: set[int] = set()
         self.register_buffer("packed_weight", None, persistent=False)
         self.register_buffer("scales_and_zeros", None, persistent=False)
-        self.register_buffer("exact_scales", None, persistent=False)  # float32, for nbllm::int4_rows
+        self.register_buffer("exact_scales", None, persistent=False)  # float32, for nbllm's row kernels
+        self.register_buffer("int8_weight", None, persistent=False)  # 8-bit weights: nbllm::int8_rows' layout
         self.register_buffer("bias", torch.zeros(self.out_features) if bias else None, persistent=False)
         self.keep_dense = False  # set before finalize(): also keep the bfloat16 dense copy
         self.use_dense = False  # set by DenseProducts: products of DENSE_MIN_ROWS rows or more use the copy
-        self.rows_kernel = False  # set by the loader: products use nbllm::int4_rows and exact_scales
+        self.rows_kernel = False  # set by the loader: products use nbllm's row kernels and exact_scales
         self.register_buffer("dense_weight", None, persistent=False)  # [N, K] bfloat16, or None
 
     def load_shard(self, shard: int, param_name: str, tensor: Piece) -> None:
@@ -126,6 +129,8 @@ class QuantizedLinear(QuantizedModule):
         whole = self.weight.whole()
         self.packed_weight, self.scales_and_zeros, self.planes = pack(whole)
         self.exact_scales = exact_scales(whole, self.packed_weight.shape[0])
+        if self.planes == 2:
+            self.int8_weight = int8_layout(whole, self.packed_weight.shape[0])
         if self.keep_dense:
             self.dense_weight = whole.dequantize().to(ACTIVATION_DTYPE)
         self.weight = None  # the pieces (and a tied embedding's copy of them) can go
@@ -134,14 +139,32 @@ class QuantizedLinear(QuantizedModule):
         rows = x.reshape(-1, self.in_features)
         if self.use_dense and self.dense_weight is not None and rows.shape[0] >= DENSE_MIN_ROWS:
             out = F.linear(rows.to(ACTIVATION_DTYPE), self.dense_weight).to(x.dtype)
+        elif self.rows_kernel:
+            out = rows_matmul(rows, *self.product_buffers(), 8 if self.planes == 2 else 4).to(x.dtype)
         else:
-            scales = self.exact_scales if self.rows_kernel else self.scales_and_zeros
-            out = int4_matmul(rows, self.packed_weight, scales, self.planes, self.rows_kernel).to(x.dtype)
+            out = int4_matmul(rows, *self.product_buffers(), self.planes).to(x.dtype)
         if out.shape[1] != self.out_features:  # rows padded to a multiple of 16 for the kernel
             out = out[:, :self.out_features]
         if self.bias is not None:
             out += self.bias
         return out.view(*x.shape[:-1], self.out_features)
+
+    def product_buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight, scales) as the products read them (dense copies aside): nbllm's row kernel's or torch's."""
+        if self.rows_kernel:
+            return self.int8_weight if self.planes == 2 else self.packed_weight, self.exact_scales
+        return self.packed_weight, self.scales_and_zeros
+
+    def use_rows_kernel(self, available: bool) -> None:
+        """Run products on nbllm's row kernels if `available` (and this layer's shape suits them: exact_scales
+        exist), and drop the buffers the chosen kernel does not read."""
+        self.rows_kernel = available and self.exact_scales is not None  # None: not blocks of 64 rows
+        if self.rows_kernel:
+            self.scales_and_zeros = None
+            if self.planes == 2:
+                self.packed_weight = None
+        else:
+            self.exact_scales = self.int8_weight = None
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, planes={self.planes}, "

@@ -1,26 +1,30 @@
-// nbllm::int4_rows: x @ w.T on torch's packed int4 CPU weights with exact float32 group scales.
+// nbllm::int4_rows and nbllm::int8_rows: x @ w.T on quantized CPU weights with exact float32 group scales.
 //
-// The weight is w = scale * q + c for 4-bit q in groups of 32 along K, with scale and c exactly as
-// the checkpoint has them (GGUF stores them as float16; torch's own kernel rounds them to bfloat16).
-// The caller passes, per block of 64 output rows and per group, their scales and then their
-// offsets = c - 128 * scale, as float32 [N / 64, K / 32, 2, 64]: each block's in one piece. The
-// products are AVX-512 BF16 dot products: each q becomes the bfloat16 128 + q (exact: bfloat16 has
-// unit spacing in [128, 256), so that is an OR with 0x4300), two consecutive k of 16 output rows go
-// into one vdpbf16ps against the pair (x[k], x[k + 1]), and per group
-//     sum_k w x = scale * sum_k (128 + q) x + offset * sum_k x.
-// Products of a bfloat16 activation and 128 + q are exact in float32; sums are float32, and so is
-// the output.
+// The weight is w = scale * q + c for 4-bit or 8-bit q in groups of 32 along K, with scale and c
+// exactly as the checkpoint has them (GGUF stores them as float16; torch's own kernel rounds them to
+// bfloat16). The caller passes, per block of 64 output rows and per group, their scales and then their
+// offsets as float32 [N / 64, K / 32, 2, 64]: each block's in one piece. The products are AVX-512 BF16
+// dot products: each q becomes an exact bfloat16 v, two consecutive k of 16 output rows go into one
+// vdpbf16ps against the pair (x[k], x[k + 1]), and per group
+//     sum_k w x = scale * sum_k v x + offset * sum_k x.
+// 4-bit q become v = 128 + q (exact: bfloat16 has unit spacing in [128, 256), so that is an OR with
+// 0x4300) and offset = c - 128 * scale; 8-bit q become v = q through float32 (bfloat16 holds every
+// integer up to 256) and offset = c. Products of a bfloat16 activation and v are exact in float32;
+// sums are float32, and so is the output.
 //
-// Two paths, one arithmetic. Up to 3 rows of x (decode steps) convert the packed values on the fly
-// in each pass over a block of 64 weight rows (block_rows); from 4 rows on, each block is converted
-// once into a scratch buffer and tiles of 4 rows read it (block_rows_converted): 1.1x at 4 rows,
-// 1.7x at 64 and 1.9x at 256-2048 (the default model's four layer shapes, 2-core AMD EPYC, about
-// 330-360 GFLOP/s). Both run every row through the same dot products in the same order, so a row's
-// result does not depend on the other rows of the product, nor on which path served it.
+// Two paths, one arithmetic. Few rows of x (decode steps) convert the weights on the fly, in each pass
+// of up to 3 rows over a block of 64 weight rows (block_rows); from kConvertMinRows rows on (4 for int4,
+// 10 for int8), each block is converted once into a scratch buffer and tiles of 4 rows read it
+// (block_rows_converted): for int4, 1.1x at 4 rows, 1.7x at 64 and 1.9x at 256-2048 (the default
+// model's four layer shapes, 2-core AMD EPYC, about 330-360 GFLOP/s). Both run every row through the same dot products in the same order, so a row's result does
+// not depend on the other rows of the product, nor on which path served it.
 //
-// Packed layout (torch's, for blocks of 64 output rows): byte k * 32 + n % 32 of block n / 64 holds
-// q[n, k] in its low nibble for n % 64 < 32 and in its high nibble otherwise. N must be a multiple of
-// 64 and K of 32; callers check (nbllm/quant/int4pack.py).
+// Layouts, for blocks of 64 output rows; N must be a multiple of 64 and K of 32 (callers check,
+// nbllm/quant/int4pack.py):
+// - int4 (torch's packed layout): byte k * 32 + n % 32 of block n / 64 holds q[n, k] in its low nibble
+//   for n % 64 < 32 and in its high nibble otherwise;
+// - int8: byte (k / 2) * 128 + 2 * (n % 64) + k % 2 of block n / 64 holds q[n, k], so that each k pair
+//   of 16 rows is 32 consecutive bytes, in the order the dot products take them.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -36,11 +40,16 @@ namespace {
 constexpr int kGroup = 32;
 constexpr int kBlock = 64;
 
-// Turns 4-bit values into the bfloat16 128 + q pairs the dot products take: one k pair (k, k + 1)
-// of a 64-row block, two cache lines at `at`, becomes four vectors of 16 output rows each, j = 0..3
-// (rows 16 j .. 16 j + 15 of the block), each lane pair holding (q[n, k], q[n, k + 1]).
+// Converters turn one k pair (k, k + 1) of a 64-row block, kPairBytes at `at`, into the bfloat16
+// pairs the dot products take: four vectors of 16 output rows each, j = 0..3 (rows 16 j .. 16 j + 15
+// of the block), each lane pair holding (v[n, k], v[n, k + 1]).
+
+// 4-bit values, v = 128 + q: two cache lines of torch's layout.
 class PairConverter {
  public:
+  static constexpr int64_t kPairBytes = 64;
+  static constexpr int64_t kConvertMinRows = 4;  // below, converting a block costs more than it saves (measured)
+
   PairConverter() {
     // 16-bit lane 2i takes element i of the first source, lane 2i + 1 element i of the second
     alignas(64) uint16_t first_half[32], second_half[32];
@@ -71,10 +80,27 @@ class PairConverter {
   __m512i pair_first_, pair_second_;
 };
 
-template <int M>
+// 8-bit values, v = q: 128 bytes of the int8 layout, each 32 of them one vector's 16 rows.
+class BytePairConverter {
+ public:
+  static constexpr int64_t kPairBytes = 128;
+  // its conversion costs more than the 4-bit one: on the fly (in chunks of 3 rows) is faster up to 8 rows,
+  // level at 10 (the default model's lm_head, 49152 x 576, 2-core AMD EPYC)
+  static constexpr int64_t kConvertMinRows = 10;
+
+  void convert(const uint8_t* at, __m512i out[4]) const {
+    for (int j = 0; j < 4; ++j) {
+      const __m512 first = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(at + 32 * j))));
+      const __m512 second = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(at + 32 * j + 16))));
+      out[j] = (__m512i)_mm512_cvtne2ps_pbh(second, first);  // the low 16 bfloat16 from `first`
+    }
+  }
+};
+
+template <class Converter, int M>
 void block_rows(const uint16_t* x, int64_t K, const uint8_t* block, const float* scale_offset, int64_t N,
                 int64_t n0, const float* xsum, float* out) {
-  const PairConverter converter;
+  const Converter converter;
   __m512 acc[M][4];
   for (int m = 0; m < M; ++m)
     for (int j = 0; j < 4; ++j) acc[m][j] = _mm512_setzero_ps();
@@ -85,8 +111,8 @@ void block_rows(const uint16_t* x, int64_t K, const uint8_t* block, const float*
       for (int j = 0; j < 4; ++j) dot[m][j] = dot2[m][j] = _mm512_setzero_ps();
     for (int64_t k = g * kGroup; k < (g + 1) * kGroup; k += 4) {
       __m512i pairs[2][4];
-      for (int h = 0; h < 2; ++h)  // k pairs (k, k + 1) and (k + 2, k + 3): two cache lines each
-        converter.convert(block + (k + 2 * h) * 32, pairs[h]);
+      for (int h = 0; h < 2; ++h)  // k pairs (k, k + 1) and (k + 2, k + 3)
+        converter.convert(block + (k / 2 + h) * Converter::kPairBytes, pairs[h]);
       for (int m = 0; m < M; ++m) {
         int32_t x_pair[2];
         std::memcpy(x_pair, x + m * K + k, sizeof(x_pair));
@@ -115,17 +141,18 @@ void block_rows(const uint16_t* x, int64_t K, const uint8_t* block, const float*
     for (int j = 0; j < 4; ++j) _mm512_storeu_ps(out + m * N + n0 + 16 * j, acc[m][j]);
 }
 
-// Converts one block's packed values into the bfloat16 128 + q pairs block_rows feeds its dot
-// products, in the order the tiled path reads them: [half][k / 4][h][j % 2] zmm vectors, where half
-// is j / 2 (output rows 32 * half .. 32 * half + 31 of the block) and h picks the pair (k, k + 1) or
-// (k + 2, k + 3). K * 128 bytes.
+// Converts one block's values into the bfloat16 pairs block_rows feeds its dot products, in the order
+// the tiled path reads them: [half][k / 4][h][j % 2] zmm vectors, where half is j / 2 (output rows
+// 32 * half .. 32 * half + 31 of the block) and h picks the pair (k, k + 1) or (k + 2, k + 3).
+// K * 128 bytes.
+template <class Converter>
 void convert_block(const uint8_t* block, int64_t K, __m512i* pairs_out) {
-  const PairConverter converter;
+  const Converter converter;
   const int64_t quads = K / 4;
   for (int64_t kq = 0; kq < quads; ++kq) {
     for (int h = 0; h < 2; ++h) {
       __m512i pairs[4];
-      converter.convert(block + (4 * kq + 2 * h) * 32, pairs);
+      converter.convert(block + (2 * kq + h) * Converter::kPairBytes, pairs);
       for (int j = 0; j < 4; ++j) pairs_out[((j / 2) * quads + kq) * 4 + 2 * h + j % 2] = pairs[j];
     }
   }
@@ -176,7 +203,6 @@ void block_rows_converted(const uint16_t* x, int64_t K, const __m512i* pairs, co
 }
 
 constexpr int kTileRows = 4;  // rows per tile of the converted path: 4 x 2 x 2 accumulators + 4 pair vectors fit the 32 registers
-constexpr int64_t kConvertMinRows = 4;  // below, converting a block costs more than it saves (measured)
 
 void rows_range_converted(const uint16_t* x, int64_t m0, int64_t m1, int64_t K, const __m512i* pairs,
                           const float* scale_offset, int64_t N, int64_t n0, const float* xsum, float* out) {
@@ -194,12 +220,13 @@ void rows_range_converted(const uint16_t* x, int64_t m0, int64_t m1, int64_t K, 
   }
 }
 
-// Blocks are the outer loop: a block's weights (64 rows x K / 2 bytes, or K * 128 bytes converted)
+// Blocks are the outer loop: a block's weights (64 rows x K / 2 or K bytes, or K * 128 bytes converted)
 // stay in the core's cache while every tile of rows uses them.
+template <class Converter>
 void all_blocks(const uint16_t* x, int64_t M, int64_t K, const uint8_t* packed, const float* scale_offset,
                 int64_t N, const float* xsum, float* out) {
-  const int64_t blocks = N / kBlock;
-  if (M >= kConvertMinRows) {
+  const int64_t blocks = N / kBlock, block_bytes = K / 2 * Converter::kPairBytes;
+  if (M >= Converter::kConvertMinRows) {
     // work items: (block, slice of rows). Two slices, each converting its block again, where there are
     // many rows, or enough rows and blocks that do not split evenly over the threads: 4% faster at
     // 16-64 rows of the default model's layer shapes (9 and 15 blocks) on 2 cores.
@@ -214,7 +241,7 @@ void all_blocks(const uint16_t* x, int64_t M, int64_t K, const uint8_t* packed, 
         const int64_t m0 = std::min(M, s * slice_rows), m1 = std::min(M, m0 + slice_rows);
         if (m0 >= m1) continue;
         if (converted != b) {
-          convert_block(packed + b * kBlock * (K / 2), K, pairs.get());
+          convert_block<Converter>(packed + b * block_bytes, K, pairs.get());
           converted = b;
         }
         rows_range_converted(x, m0, m1, K, pairs.get(), scale_offset, N, b * kBlock, xsum, out);
@@ -224,27 +251,35 @@ void all_blocks(const uint16_t* x, int64_t M, int64_t K, const uint8_t* packed, 
   }
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
-      const uint8_t* block = packed + b * kBlock * (K / 2);
-      switch (M) {
-        case 0: break;
-        case 1: block_rows<1>(x, K, block, scale_offset, N, b * kBlock, xsum, out); break;
-        case 2: block_rows<2>(x, K, block, scale_offset, N, b * kBlock, xsum, out); break;
-        default: block_rows<3>(x, K, block, scale_offset, N, b * kBlock, xsum, out); break;
+      const uint8_t* block = packed + b * block_bytes;
+      for (int64_t m = 0; m < M; m += 3) {  // chunks of up to 3 rows, each converting the block again
+        const uint16_t* xm = x + m * K;
+        const float* sm = xsum + m * (K / kGroup);
+        float* om = out + m * N;
+        switch (std::min<int64_t>(3, M - m)) {
+          case 1: block_rows<Converter, 1>(xm, K, block, scale_offset, N, b * kBlock, sm, om); break;
+          case 2: block_rows<Converter, 2>(xm, K, block, scale_offset, N, b * kBlock, sm, om); break;
+          default: block_rows<Converter, 3>(xm, K, block, scale_offset, N, b * kBlock, sm, om); break;
+        }
       }
     }
   });
 }
 
-at::Tensor int4_rows(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales_offsets) {
+template <class Converter>
+at::Tensor rows_product(const char* name, const at::Tensor& x, const at::Tensor& weight,
+                        const at::Tensor& scales_offsets) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kBFloat16 && x.is_contiguous(),
-              "int4_rows: x must be a contiguous bfloat16 [M, K] tensor");
-  const int64_t M = x.size(0), K = x.size(1), N = packed.size(0);
-  TORCH_CHECK(K % kGroup == 0 && N % kBlock == 0 && packed.size(1) == K / 2 && packed.is_contiguous(),
-              "int4_rows: packed must be [N, K / 2] with N a multiple of 64 and K of 32");
+              name, ": x must be a contiguous bfloat16 [M, K] tensor");
+  const int64_t M = x.size(0), K = x.size(1), N = weight.size(0);
+  const int64_t row_bytes = K / 2 * Converter::kPairBytes / kBlock;
+  TORCH_CHECK(K % kGroup == 0 && N % kBlock == 0 && weight.dim() == 2 && weight.size(1) == row_bytes &&
+                  weight.scalar_type() == at::kByte && weight.is_contiguous(),
+              name, ": the weight must be uint8 [N, ", row_bytes, "] with N a multiple of 64 and K of 32");
   TORCH_CHECK(scales_offsets.scalar_type() == at::kFloat && scales_offsets.is_contiguous() &&
                   scales_offsets.dim() == 4 && scales_offsets.size(0) == N / kBlock &&
                   scales_offsets.size(1) == K / kGroup && scales_offsets.size(2) == 2 && scales_offsets.size(3) == kBlock,
-              "int4_rows: scales_offsets must be contiguous float32 [N / 64, K / 32, 2, 64]");
+              name, ": scales_offsets must be contiguous float32 [N / 64, K / 32, 2, 64]");
   const int64_t groups = K / kGroup;
   at::Tensor out = at::empty({M, N}, x.options().dtype(at::kFloat));
   const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr());
@@ -261,20 +296,27 @@ at::Tensor int4_rows(const at::Tensor& x, const at::Tensor& packed, const at::Te
       xsum[i] = sum;
     }
   });
-  const auto* pp = packed.data_ptr<uint8_t>();
-  const float* sp = scales_offsets.data_ptr<float>();
-  const float* xs = xsum.data();
-  float* op = out.data_ptr<float>();
-  all_blocks(xp, M, K, pp, sp, N, xs, op);
+  all_blocks<Converter>(xp, M, K, weight.data_ptr<uint8_t>(), scales_offsets.data_ptr<float>(), N, xsum.data(),
+                        out.data_ptr<float>());
   return out;
+}
+
+at::Tensor int4_rows(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& scales_offsets) {
+  return rows_product<PairConverter>("int4_rows", x, packed, scales_offsets);
+}
+
+at::Tensor int8_rows(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scales_offsets) {
+  return rows_product<BytePairConverter>("int8_rows", x, weight, scales_offsets);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(nbllm, m) {
   m.def("int4_rows(Tensor x, Tensor packed, Tensor scales_offsets) -> Tensor");
+  m.def("int8_rows(Tensor x, Tensor weight, Tensor scales_offsets) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(nbllm, CPU, m) {
   m.impl("int4_rows", &int4_rows);
+  m.impl("int8_rows", &int8_rows);
 }

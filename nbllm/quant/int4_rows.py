@@ -9,6 +9,10 @@ products: 2.91 against 3.78 ms for those products, and no slower than torch's ke
 and a row's result does not depend on the other rows of the product, so results do not change with the
 batch.
 
+The same library holds nbllm::int8_rows, for weights of up to 8 bits (the default model's Q8_0 lm_head)
+in its own layout (nbllm.quant.int4pack.int8_layout): torch's kernel can only take those as two 4-bit
+planes, twice the dot products.
+
 It needs a CPU with avx512_bf16 and a C++ compiler, and is compiled with g++ against this torch on first
 use into ``<nbllm cache>/extensions`` (one build per machine, torch version and source, about 20 s),
 then loaded from there. `rows_kernel_available()` says whether this process can use it: the CPU has the
@@ -36,31 +40,34 @@ def _library_path() -> Path:
 
 
 def _op_loaded() -> bool:
-    """Whether this process already has nbllm::int4_rows (from any nbllm cache folder)."""
-    return native.op_loaded("int4_rows")
+    """Whether this process already has nbllm::int8_rows, and so this source's int4_rows (from any nbllm cache
+    folder)."""
+    return native.op_loaded("int8_rows")
 
 
 def _register_fake() -> None:
-    @torch.library.register_fake("nbllm::int4_rows")
-    def _(x: torch.Tensor, packed: torch.Tensor, scales_offsets: torch.Tensor) -> torch.Tensor:
-        return x.new_empty((x.shape[0], packed.shape[0]), dtype=torch.float32)
+    def rows_product(x: torch.Tensor, weight: torch.Tensor, scales_offsets: torch.Tensor) -> torch.Tensor:
+        return x.new_empty((x.shape[0], weight.shape[0]), dtype=torch.float32)
+
+    for name in ("nbllm::int4_rows", "nbllm::int8_rows"):
+        torch.library.register_fake(name)(rows_product)
 
 
 def _self_check() -> Optional[str]:
     """None when int4_rows computes a random 4-bit and 8-bit weight's exact product to float32 accuracy,
     else what differed."""
     from nbllm.quant.groups import GroupQuant
-    from nbllm.quant.int4pack import exact_scales, int4_matmul, pack
+    from nbllm.quant.int4pack import exact_scales, int8_layout, pack, rows_matmul
 
     generator = torch.Generator().manual_seed(0)
     for bits in (4, 8):
         weight = GroupQuant.from_float(torch.randn(192, 256, generator=generator), bits)
-        packed, _, planes = pack(weight)
-        scales = exact_scales(weight, packed.shape[0])
+        packed = pack(weight)[0] if bits == 4 else int8_layout(weight, 192)
+        scales = exact_scales(weight, 192)
         for rows in (1, 2, 3, 4, 7, 130):  # both paths, and rows split across threads
             x = torch.randn(rows, 256, generator=generator)
             expected = x.to(torch.bfloat16).double() @ weight.dequantize().double().T
-            got = int4_matmul(x, packed, scales, planes, rows_kernel=True).double()[:, :192]
+            got = rows_matmul(x, packed, scales, bits).double()
             error = (got - expected).abs().max().item() / expected.abs().max().item()
             if error > 1e-5:
                 return f"{bits}-bit weight, {rows} rows: relative error {error:.3g}"

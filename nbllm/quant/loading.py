@@ -104,13 +104,14 @@ def build_quantized_model(hf_config: Any, model_path: Path, method: str,
 
 
 def use_rows_kernel(linears: list[QuantizedLinear]) -> None:
-    """Let each packed linear whose shape suits it run its products on nbllm::int4_rows with its exact
-    scales, where this machine can (nbllm.quant.int4_rows; built on first use per machine)."""
+    """Let each packed linear whose shape suits it run its products on nbllm's row kernels with its exact
+    scales, where this machine can (nbllm.quant.int4_rows; built on first use per machine), and keep only
+    the buffers its products read."""
     from nbllm.quant.int4_rows import rows_kernel_available
 
     available = rows_kernel_available()
     for module in linears:
-        module.rows_kernel = available and module.exact_scales is not None  # None: not blocks of 64 rows
+        module.use_rows_kernel(available)
 
 
 def _save_quietly(model: nn.Module, path: Path) -> None:

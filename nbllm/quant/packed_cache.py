@@ -4,7 +4,7 @@ A GGUF model converted into nbllm's cache gets, beside it, ``packed-<fingerprint
 (a safetensors file, named so that no loader takes it for a checkpoint shard): every parameter
 of the built model and every buffer of its quantized modules, with the packing details
 (planes, nibbles) in the file's metadata. The fingerprint covers the torch version, the set of
-buffers a quantized linear keeps (a file from before ``exact_scales`` is not read), and
+buffers a quantized linear keeps (a file from before ``exact_scales`` or ``int8_weight`` is not read), and
 the packed layout itself (torch's CPU int4 layout depends on the vector instructions it
 dispatches to), so a file written by another torch or on another CPU is never read.
 Loading it memory-maps the file: a few hundred milliseconds instead of seconds. A file without the
@@ -37,7 +37,9 @@ def layout_fingerprint() -> str:
     values = (torch.arange(64 * 64, dtype=torch.int64) * 7 % 251).to(torch.uint8).view(64, 64)
     probe = GroupQuant(values, torch.full((64, 2), 0.5), torch.full((64, 2), -1.0), 8)
     packed, scales_and_zeros, _ = pack(probe)
-    digest = hashlib.sha1(f"{torch.__version__} exact_scales [N/64, G, 2, 64] or none".encode())  # files without them are rebuilt
+    # the buffers a quantized linear keeps: files from before exact_scales, or before 8-bit weights had
+    # int8_weight and (scale, minimum) exact scales, are rebuilt
+    digest = hashlib.sha1(f"{torch.__version__} exact_scales [N/64, G, 2, 64] or none, int8_weight".encode())
     digest.update(packed.numpy().tobytes())
     digest.update(scales_and_zeros.view(torch.int16).numpy().tobytes())
     return digest.hexdigest()[:12]
