@@ -124,3 +124,17 @@ def test_switched_off_by_the_environment(monkeypatch):
         paged_attention.paged_attention_available.cache_clear()
     monkeypatch.undo()
     assert paged_attention.paged_attention_available()
+
+
+def test_an_engine_loads_the_kernel_before_its_first_step(tiny_llama_path, monkeypatch):
+    """Built (once per machine) and checked while the engine loads, not in its first large decode step."""
+    from nbllm.engine import model_runner
+
+    loaded = []
+    monkeypatch.setattr(model_runner, "load_paged_attention_for",
+                        lambda key_cache: loaded.append(key_cache.dtype) or paged_attention.load_for(key_cache))
+    with LLM(str(tiny_llama_path), num_kv_blocks=16, block_size=8):
+        assert loaded == [torch.float32]
+    assert not paged_attention.load_for(torch.zeros(2, 8, 1, 24))  # head size not a multiple of 16
+    assert not paged_attention.load_for(torch.zeros(2, 8, 1, 32, dtype=torch.bfloat16))
+    assert paged_attention.load_for(torch.zeros(2, 8, 1, 32))

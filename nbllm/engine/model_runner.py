@@ -23,9 +23,11 @@ from nbllm.engine.step_result import StepResult
 from nbllm.layers.attention import Attention
 from nbllm.layers.attention_backend import AttentionMetadata
 from nbllm.layers.attention_selector import get_attention_backend
+from nbllm.layers.paged_attention import load_for as load_paged_attention_for
 from nbllm.layers.packed_linear import prepack_linears
 from nbllm.layers.quantized_linear import DENSE_MIN_ROWS, DenseProducts
 from nbllm.layers.sampler import Sampler, SamplingRow
+from nbllm.layers.torch_attention import TorchAttentionBackend
 from nbllm.loader import iter_weights
 from nbllm.models.registry import model_class_for
 from nbllm.outputs import Logprob
@@ -78,6 +80,8 @@ class ModelRunner:
         self.block_size = config.block_size
         self.num_blocks = self._decide_num_blocks(max_model_len)
         self.kv_caches = self._allocate_kv_caches()
+        if isinstance(self.attention_backend, TorchAttentionBackend) and self.kv_caches:
+            load_paged_attention_for(self.kv_caches[0][0])  # its decodes' kernel: built now, not mid-generation
         self.decode_graphs = self._capture_decode_graphs()
         self.compiled_decode = self._compiled_decode()
         generator = torch.Generator(device=device)

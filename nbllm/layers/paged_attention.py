@@ -11,7 +11,8 @@ average, 2.4 against 33 ms (2-core AMD EPYC).
 It takes float32 caches with head sizes a multiple of 16 and no logit soft cap; TorchAttentionBackend
 uses it where `paged_attention_available()` (AVX-512, the build and a self-check against
 `reference_decode_attention` passed) and keeps its own path otherwise. ``NBLLM_PAGED_ATTENTION=0``
-turns it off. Built like nbllm's other kernels (nbllm.native), once per machine.
+turns it off. Built like nbllm's other kernels (nbllm.native), once per machine, when the first engine
+with such caches loads (`load_for`).
 """
 
 from __future__ import annotations
@@ -76,6 +77,13 @@ def paged_attention_available() -> bool:
     return native.kernel_usable(ENV_SWITCH, native.library_path(_SOURCE), _SOURCE,
                                 lambda: native.op_loaded("paged_decode_attention"), _register_fake, _self_check,
                                 "the paged decode attention kernel is not used, decodes gather their context")
+
+
+def load_for(key_cache: torch.Tensor) -> bool:
+    """Build (once per machine), load and check the kernel now if caches like `key_cache` suit it, so that an
+    engine pays that at load rather than in its first large decode step; whether it is available for them."""
+    return (key_cache.device.type == "cpu" and key_cache.dtype == torch.float32 and key_cache.shape[-1] % 16 == 0
+            and paged_attention_available())
 
 
 def can_attend_in_place(q: torch.Tensor, key_cache: torch.Tensor, soft_cap: Optional[float]) -> bool:
