@@ -79,14 +79,17 @@ def paged_attention_available() -> bool:
                                 "the paged decode attention kernel is not used, decodes gather their context")
 
 
+def _takes(tensor: torch.Tensor) -> bool:
+    """Whether the kernel takes a q or cache like `tensor`: float32 on the CPU, head size a multiple of 16."""
+    return tensor.device.type == "cpu" and tensor.dtype == torch.float32 and tensor.shape[-1] % 16 == 0
+
+
 def load_for(key_cache: torch.Tensor) -> bool:
     """Build (once per machine), load and check the kernel now if caches like `key_cache` suit it, so that an
     engine pays that at load rather than in its first large decode step; whether it is available for them."""
-    return (key_cache.device.type == "cpu" and key_cache.dtype == torch.float32 and key_cache.shape[-1] % 16 == 0
-            and paged_attention_available())
+    return _takes(key_cache) and paged_attention_available()
 
 
 def can_attend_in_place(q: torch.Tensor, key_cache: torch.Tensor, soft_cap: Optional[float]) -> bool:
     """Whether these operands are ones the kernel takes (and it is available)."""
-    return (soft_cap is None and q.device.type == "cpu" and q.dtype == torch.float32
-            and key_cache.dtype == torch.float32 and q.shape[-1] % 16 == 0 and paged_attention_available())
+    return soft_cap is None and _takes(q) and load_for(key_cache)

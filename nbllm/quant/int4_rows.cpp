@@ -16,8 +16,9 @@
 // of up to 3 rows over a block of 64 weight rows (block_rows); from kConvertMinRows rows on (4 for int4,
 // 10 for int8), each block is converted once into a scratch buffer and tiles of 4 rows read it
 // (block_rows_converted): for int4, 1.1x at 4 rows, 1.7x at 64 and 1.9x at 256-2048 (the default
-// model's four layer shapes, 2-core AMD EPYC, about 330-360 GFLOP/s). Both run every row through the same dot products in the same order, so a row's result does
-// not depend on the other rows of the product, nor on which path served it.
+// model's four layer shapes, 2-core AMD EPYC, about 330-360 GFLOP/s). Both run every row through the
+// same dot products in the same order, so a row's result does not depend on the other rows of the
+// product, nor on which path served it.
 //
 // Layouts, for blocks of 64 output rows; N must be a multiple of 64 and K of 32 (callers check,
 // nbllm/quant/int4pack.py):
@@ -89,11 +90,13 @@ class BytePairConverter {
   static constexpr int64_t kConvertMinRows = 10;
 
   void convert(const uint8_t* at, __m512i out[4]) const {
-    for (int j = 0; j < 4; ++j) {
-      const __m512 first = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(at + 32 * j))));
-      const __m512 second = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)(at + 32 * j + 16))));
-      out[j] = (__m512i)_mm512_cvtne2ps_pbh(second, first);  // the low 16 bfloat16 from `first`
-    }
+    for (int j = 0; j < 4; ++j)  // the low 16 bfloat16 from the first 16 bytes
+      out[j] = (__m512i)_mm512_cvtne2ps_pbh(to_float(at + 32 * j + 16), to_float(at + 32 * j));
+  }
+
+ private:
+  static __m512 to_float(const uint8_t* at) {  // 16 bytes, exactly
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i*)at)));
   }
 };
 
